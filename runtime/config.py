@@ -1,0 +1,116 @@
+"""Typed engine configuration. Each setting is documented once, where the CLI defines it
+(runtime/cli_args.py); here each config checks its own values and names the flag on error."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16, "half": torch.float16,
+}
+DTYPE_CHOICES = ("auto", *_DTYPES)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag."""
+
+
+def parse_size(text: str | int, flag: str) -> int:
+    """'4GiB', '512M', '1g', or a byte count, to bytes."""
+    if isinstance(text, int):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+        if not match:
+            raise ConfigError(f"{flag}: cannot read {text!r} as a size such as '2GiB' or '512MiB'")
+        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if value <= 0:
+        raise ConfigError(f"{flag} must be positive, got {text!r}")
+    return value
+
+
+def resolve_dtype(dtype: str | torch.dtype, model_dtype: torch.dtype | None,
+                  device: torch.device) -> torch.dtype:
+    """'auto' takes the checkpoint's dtype; float16 becomes bfloat16 on CPU, where it is slow."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPE_CHOICES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    resolved = model_dtype if model_dtype in (torch.float32, torch.bfloat16, torch.float16) \
+        else torch.bfloat16
+    if device.type == "cpu" and resolved == torch.float16:
+        return torch.bfloat16
+    return resolved
+
+
+@dataclass(slots=True)
+class CacheConfig:
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory: int | None = None  # bytes; on CPU the default is 1 GiB
+    num_gpu_blocks_override: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size not in (1, 8, 16, 32, 64, 128):
+            raise ConfigError(f"--block-size must be one of 1, 8, 16, 32, 64, 128, "
+                              f"got {self.block_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], "
+                              f"got {self.gpu_memory_utilization}")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise ConfigError(f"--num-gpu-blocks-override must be at least 1, "
+                              f"got {self.num_gpu_blocks_override}")
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"--max-num-batched-tokens must be at least 1, "
+                              f"got {self.max_num_batched_tokens}")
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str | None = None  # None: the embedded default model
+    tokenizer: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None
+    seed: int = 0
+    served_model_name: str | None = None
+    generation_config: str = "auto"  # "auto" | "vllm" | a folder
+    chat_template: str | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"--max-model-len must be at least 2, got {self.max_model_len}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, "
+                              f"got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but no CUDA device is available")
+        return torch.device(self.device)

@@ -1,0 +1,159 @@
+"""Turns a `SchedulerOutput` into tensors, runs the model over the paged KV cache, samples.
+
+The batch layout the attention backends expect: decode tokens (one per sequence, with context)
+first, then every prefill chunk. Logits are computed only for rows that sample.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from infernetes.kernels.paged_attention import decode_key_mask
+from infernetes.runtime.engine.scheduler_output import (
+    ModelRunnerOutput, ScheduledRequest, SchedulerOutput)
+from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
+from infernetes.runtime.layers.sampler import SamplingRow, sample
+from infernetes.runtime.loader import load_weights
+from infernetes.runtime.model_config import ModelArchConfig
+from infernetes.runtime.models import model_class
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, arch: ModelArchConfig, folder: Path, dtype: torch.dtype,
+                 device: torch.device, max_model_len: int, block_size: int):
+        self.arch = arch
+        self.dtype = dtype
+        self.device = device
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        with torch.device(device):
+            self.model = model_class(arch)(arch, dtype, max_model_len)
+        load_weights(self.model, folder)
+        self.model.eval()
+        self.attention_layers = self.model.attention_layers()
+        self.sliding_window = arch.sliding_window
+        self._generators: dict[str, torch.Generator] = {}
+        self.num_blocks = 0
+
+    # -- KV cache ---------------------------------------------------------------------------
+
+    def kv_cache_bytes_per_block(self) -> int:
+        layer = self.attention_layers[0]
+        per_token = 2 * layer.num_kv_heads * layer.head_dim * self.dtype.itemsize
+        return per_token * self.block_size * len(self.attention_layers)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Pages of the cache are touched only as blocks are first written."""
+        self.num_blocks = num_blocks
+        for layer in self.attention_layers:
+            shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
+            layer.kv_cache = (torch.empty(shape, dtype=self.dtype, device=self.device),
+                              torch.empty(shape, dtype=self.dtype, device=self.device))
+
+    def profile_peak_memory(self, num_tokens: int) -> int:
+        """GPU bytes in use at the peak of a forward pass over `num_tokens` prompt tokens."""
+        num_blocks = -(-num_tokens // self.block_size)
+        self.allocate_kv_cache(num_blocks)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._forward_dummy(num_tokens)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        for layer in self.attention_layers:
+            layer.kv_cache = None
+        torch.cuda.empty_cache()
+        return peak
+
+    def warm_up(self, num_tokens: int = 16) -> None:
+        """One forward pass, so that the first request does not pay for lazy initialisation."""
+        self._forward_dummy(min(num_tokens, self.num_blocks * self.block_size))
+
+    def _forward_dummy(self, num_tokens: int) -> None:
+        item = ScheduledRequest("__warm_up__", [0] * num_tokens, 0,
+                                list(range(-(-num_tokens // self.block_size))), False,
+                                None, [], [])
+        with torch.inference_mode():
+            input_ids, positions, meta, _ = self._prepare([item])
+            self.model(input_ids, positions, meta)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        for request_id in scheduler_output.finished_request_ids:
+            self._generators.pop(request_id, None)
+        if scheduler_output.is_empty:
+            return ModelRunnerOutput({})
+        items = sorted(scheduler_output.scheduled, key=lambda s: not _is_decode(s))
+        input_ids, positions, meta, logits_index = self._prepare(items)
+        hidden = self.model(input_ids, positions, meta)
+        sampling = [s for s in items if s.sample]
+        if not sampling:
+            return ModelRunnerOutput({})
+        index = torch.tensor(logits_index, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, index)).float()
+        rows = [SamplingRow(s.sampling_params, s.prompt_token_ids, s.output_token_ids,
+                            self._generator(s)) for s in sampling]
+        sampled = sample(logits, rows)
+        return ModelRunnerOutput({s.request_id: t for s, t in zip(sampling, sampled)})
+
+    def _generator(self, item: ScheduledRequest) -> torch.Generator | None:
+        seed = item.sampling_params.seed
+        if seed is None:
+            return None
+        generator = self._generators.get(item.request_id)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            self._generators[item.request_id] = generator
+        return generator
+
+    def _prepare(self, items: list[ScheduledRequest]):
+        size = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_index: list[int] = []
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        prefills: list[PrefillChunk] = []
+        for item in items:
+            start, num = item.start_position, len(item.token_ids)
+            token_start = len(input_ids)
+            input_ids.extend(item.token_ids)
+            blocks = item.block_ids
+            if num == 1 and start > 0:
+                positions.append(start)
+                slots.append(blocks[start // size] * size + start % size)
+                decode_tables.append(blocks)
+                decode_lens.append(start + 1)
+            else:
+                end = start + num
+                positions.extend(range(start, end))
+                slots.extend(blocks[p // size] * size + p % size for p in range(start, end))
+                num_blocks = -(-end // size)
+                prefills.append(PrefillChunk(
+                    token_start, num, start,
+                    torch.tensor(blocks[:num_blocks], dtype=torch.long, device=self.device)))
+            if item.sample:
+                logits_index.append(token_start + num - 1)
+
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            num_decode_tokens=len(decode_tables), prefills=prefills)
+        if decode_tables:
+            width = max(len(t) for t in decode_tables)
+            meta.decode_block_tables = torch.tensor(
+                [t + [0] * (width - len(t)) for t in decode_tables], dtype=torch.long,
+                device=self.device)
+            meta.decode_key_mask = decode_key_mask(decode_lens, width * size,
+                                                   self.sliding_window).to(self.device)
+        return (torch.tensor(input_ids, dtype=torch.long, device=self.device),
+                torch.tensor(positions, dtype=torch.long, device=self.device),
+                meta, logits_index)
+
+
+def _is_decode(item: ScheduledRequest) -> bool:
+    return len(item.token_ids) == 1 and item.start_position > 0

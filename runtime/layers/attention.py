@@ -1,0 +1,71 @@
+"""The attention layer and the batch layout every attention backend reads.
+
+The model runner orders a batch's tokens as: all decode tokens (one per sequence) first, then
+each prefill chunk in turn. `AttentionMetadata` describes that layout once per step; every
+layer reads it and its own KV cache. Backends (torch here; Triton on GPU) implement `forward`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from infernetes.kernels.paged_attention import (
+    gather_kv, paged_decode_attention, prefill_attention, store_kv_cache)
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    token_start: int  # index of the chunk's first token in the batch
+    num_tokens: int
+    context_len: int  # tokens of this sequence already in the cache
+    block_table: torch.Tensor  # [num_blocks covering context_len + num_tokens] (int64)
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [num_tokens] (int64): where each token's K/V is written
+    num_decode_tokens: int
+    decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] (int64)
+    decode_key_mask: torch.Tensor | None = None  # [num_decodes, max_blocks * block_size]
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+class Attention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 sliding_window: int | None = None):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        # Bound by the model runner once the cache is allocated: (key_cache, value_cache).
+        self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]."""
+        key_cache, value_cache = self.kv_cache
+        store_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        num_decode = meta.num_decode_tokens
+        if not meta.prefills:
+            return paged_decode_attention(q, key_cache, value_cache, meta.decode_block_tables,
+                                          meta.decode_key_mask, self.scale)
+        out = torch.empty_like(q)
+        if num_decode:
+            out[:num_decode] = paged_decode_attention(
+                q[:num_decode], key_cache, value_cache, meta.decode_block_tables,
+                meta.decode_key_mask, self.scale)
+        for chunk in meta.prefills:
+            end = chunk.token_start + chunk.num_tokens
+            if chunk.context_len == 0:
+                keys, values = k[chunk.token_start:end], v[chunk.token_start:end]
+            else:
+                num_keys = chunk.context_len + chunk.num_tokens
+                table = chunk.block_table.unsqueeze(0)
+                keys = gather_kv(key_cache, table)[0, :num_keys]
+                values = gather_kv(value_cache, table)[0, :num_keys]
+            out[chunk.token_start:end] = prefill_attention(
+                q[chunk.token_start:end], keys, values, chunk.context_len, self.scale,
+                self.sliding_window)
+        return out

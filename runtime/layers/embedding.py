@@ -1,0 +1,51 @@
+"""Token embedding and LM head, split by vocabulary across tensor-parallel ranks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infernetes.runtime.parallel.state import get_tp_group
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype):
+        super().__init__()
+        self.tp = get_tp_group()
+        self.vocab_size = vocab_size
+        self.shard_size = -(-vocab_size // self.tp.size)
+        self.vocab_start = self.tp.rank * self.shard_size
+        self.weight = nn.Parameter(torch.zeros(self.shard_size, hidden_size, dtype=dtype),
+                                   requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        rows = loaded[self.vocab_start:self.vocab_start + self.shard_size]
+        if rows.shape[1] != param.shape[1]:
+            raise ValueError(f"embedding of width {rows.shape[1]} does not fit hidden size "
+                             f"{param.shape[1]}")
+        param.data[:rows.shape[0]].copy_(rows)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.vocab_start
+        outside = (local < 0) | (local >= self.shard_size)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out.masked_fill_(outside.unsqueeze(-1), 0)
+        return self.tp.all_reduce(out)
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """Hidden states to logits over the vocabulary; may share its weight with the embedding."""
+
+    def tie(self, embedding: VocabParallelEmbedding) -> None:
+        self.weight = embedding.weight
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden_states, self.weight)
+        if self.tp.size > 1:
+            gathered = [torch.empty_like(logits) for _ in range(self.tp.size)]
+            torch.distributed.all_gather(gathered, logits)
+            logits = torch.cat(gathered, dim=-1)
+        return logits[..., :self.vocab_size]

@@ -1,0 +1,100 @@
+"""Sampling for a batch where every row has its own settings.
+
+Order: penalties and min_tokens on the raw logits, then greedy rows take the argmax; random rows
+are divided by temperature, cut by top_k, top_p and min_p, and sampled by the exponential race
+(argmax of p / q with q ~ Exp(1)), which lets a seeded row draw its noise from its own generator.
+Reported logprobs are those of the raw model distribution, as vLLM reports them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from infernetes.runtime.engine.scheduler_output import SampledToken
+from infernetes.runtime.layers.penalties import apply_penalties, block_tokens
+from infernetes.runtime.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class SamplingRow:
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    generator: torch.Generator | None  # set when params.seed is set
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampledToken]:
+    """logits: [B, V] float32, one row per entry of `rows` (modified in place)."""
+    params = [r.params for r in rows]
+    device = logits.device
+    want_logprobs = any(p.logprobs is not None for p in params)
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+
+    if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty
+           for p in params):
+        apply_penalties(
+            logits, [r.prompt_token_ids for r in rows], [r.output_token_ids for r in rows],
+            torch.tensor([p.repetition_penalty for p in params], device=device),
+            torch.tensor([p.presence_penalty for p in params], device=device),
+            torch.tensor([p.frequency_penalty for p in params], device=device))
+    early = [i for i, r in enumerate(rows) if len(r.output_token_ids) < r.params.min_tokens]
+    if early:
+        block_tokens(logits, early, [sorted(rows[i].params.eos_token_ids
+                                            | set(rows[i].params.stop_token_ids))
+                                     for i in early])
+
+    token_ids = logits.argmax(dim=-1)
+    random_rows = [i for i, p in enumerate(params) if not p.greedy]
+    if random_rows:
+        index = torch.tensor(random_rows, device=device)
+        token_ids[index] = _sample_random(logits[index], [rows[i] for i in random_rows])
+
+    token_list = token_ids.tolist()
+    out = []
+    for i, (token_id, p) in enumerate(zip(token_list, params)):
+        if raw_logprobs is None or p.logprobs is None:
+            out.append(SampledToken(token_id, float("nan")))
+            continue
+        row_logprobs = raw_logprobs[i]
+        logprob = row_logprobs[token_id].item()
+        rank = int((row_logprobs > logprob).sum().item()) + 1
+        top = None
+        if p.logprobs > 0:
+            values, ids = row_logprobs.topk(p.logprobs)
+            top = list(zip(ids.tolist(), values.tolist()))
+        out.append(SampledToken(token_id, logprob, top, rank))
+    return out
+
+
+def _sample_random(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    params = [r.params for r in rows]
+    device = logits.device
+    logits = logits / torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    if any(p.top_k for p in params):
+        vocab = logits.shape[1]
+        k = torch.tensor([p.top_k if p.top_k else vocab for p in params], device=device)
+        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k.clamp(max=vocab) - 1)
+                                                                 .unsqueeze(1))
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if any(p.top_p < 1.0 for p in params):
+        top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    if any(p.min_p > 0 for p in params):
+        min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    noise = torch.empty_like(probs)
+    unseeded = [i for i, r in enumerate(rows) if r.generator is None]
+    if unseeded:
+        noise[unseeded] = torch.empty(len(unseeded), probs.shape[1],
+                                      device=device).exponential_()
+    for i, r in enumerate(rows):
+        if r.generator is not None:
+            noise[i].exponential_(generator=r.generator)
+    return (probs / noise).argmax(dim=-1)

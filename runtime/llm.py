@@ -1,0 +1,133 @@
+"""The offline API: `LLM(model=...).generate(prompts, params)` and `.chat(messages, params)`."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from itertools import count
+
+from infernetes.runtime.config import CacheConfig, EngineConfig, SchedulerConfig, parse_size
+from infernetes.runtime.engine.llm_engine import LLMEngine
+from infernetes.runtime.outputs import RequestOutput
+from infernetes.runtime.sampling_params import RequestOutputKind, SamplingParams
+from infernetes.runtime.tokenizer import Tokenizer
+
+PromptType = str | list[int] | dict
+
+
+class LLM:
+    """An engine for batch generation in this process.
+
+    model: a Hugging Face folder, a `.gguf` file, or None for the embedded default model.
+    Other keywords mirror `infernetes serve` flags (dtype, max_model_len, kv_cache_memory, ...).
+    """
+
+    def __init__(self, model: str | None = None, *, tokenizer: str | None = None,
+                 dtype: str = "auto", device: str = "auto", seed: int = 0,
+                 max_model_len: int | None = None, block_size: int = 16,
+                 enable_prefix_caching: bool = True, kv_cache_memory: int | str | None = None,
+                 gpu_memory_utilization: float = 0.9, num_gpu_blocks_override: int | None = None,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
+                 enable_chunked_prefill: bool = True, chat_template: str | None = None,
+                 generation_config: str = "auto", served_model_name: str | None = None):
+        cache = CacheConfig(
+            block_size=block_size, enable_prefix_caching=enable_prefix_caching,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory=None if kv_cache_memory is None
+            else parse_size(kv_cache_memory, "kv_cache_memory"),
+            num_gpu_blocks_override=num_gpu_blocks_override)
+        scheduler = SchedulerConfig(max_num_seqs=max_num_seqs,
+                                    max_num_batched_tokens=max_num_batched_tokens,
+                                    enable_chunked_prefill=enable_chunked_prefill)
+        self.engine = LLMEngine(EngineConfig(
+            model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
+            max_model_len=max_model_len, chat_template=chat_template,
+            generation_config=generation_config, served_model_name=served_model_name,
+            cache=cache, scheduler=scheduler))
+        self._ids = count()
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        return self.engine.default_sampling_params()
+
+    def generate(self, prompts: PromptType | Sequence[PromptType],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+                 ) -> list[RequestOutput]:
+        """prompts: a string, a list of token ids, {"prompt": ...} or {"prompt_token_ids": ...},
+        or a list of these. One RequestOutput per prompt, in order."""
+        return self._run(_as_prompt_list(prompts), sampling_params)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
+        """messages: one conversation (a list of {"role", "content"}) or a list of them."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        tokenizer = self.engine.tokenizer
+        prompts = []
+        for conversation in conversations:
+            text = tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message, tools=tools,
+                chat_template=chat_template, **(chat_template_kwargs or {}))
+            prompts.append(tokenizer.encode(text, add_special_tokens=False))
+        return self._run(prompts, sampling_params)
+
+    def _run(self, prompts: list[str | list[int]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None
+             ) -> list[RequestOutput]:
+        params_list = self._params_per_prompt(sampling_params, len(prompts))
+        engine = self.engine
+        encoded = [engine.encode_prompt(p) for p in prompts]
+        for token_ids in encoded:  # reject bad input before any request starts
+            engine.validate_prompt(token_ids)
+        request_ids = []
+        try:
+            for prompt, token_ids, params in zip(prompts, encoded, params_list):
+                request_id = str(next(self._ids))
+                engine.add_request(request_id, token_ids, params)
+                request_ids.append(request_id)
+            results: dict[str, RequestOutput] = {}
+            while engine.has_unfinished_requests():
+                for output in engine.step():
+                    if output.finished:
+                        results[output.request_id] = output
+        except BaseException:
+            for request_id in request_ids:
+                engine.abort_request(request_id)
+            raise
+        ordered = [results[r] for r in request_ids]
+        for output, prompt in zip(ordered, prompts):
+            output.prompt = prompt if isinstance(prompt, str) else None
+        return ordered
+
+    def _params_per_prompt(self, sampling_params, num_prompts: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * num_prompts
+        if len(sampling_params) != num_prompts:
+            raise ValueError(f"got {len(sampling_params)} sampling params for {num_prompts} "
+                             f"prompts")
+        return [replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in sampling_params]
+
+
+def _as_prompt_list(prompts) -> list[str | list[int]]:
+    if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    result = []
+    for prompt in prompts:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                prompt = prompt["prompt_token_ids"]
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        result.append(prompt)
+    if not result:
+        raise ValueError("no prompts given")
+    return result

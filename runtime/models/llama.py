@@ -1,0 +1,127 @@
+"""The Llama family: Llama 2/3 (incl. llama3 rope scaling, tied embeddings), Mistral (sliding
+window), Qwen2 (QKV bias), SmolLM2 and the DeepSeek-R1 Llama/Qwen distills share this code.
+
+Input is a flat batch of tokens (no padding): input_ids [num_tokens], positions [num_tokens].
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from infernetes.runtime.layers.activation import silu_and_mul
+from infernetes.runtime.layers.attention import Attention, AttentionMetadata
+from infernetes.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from infernetes.runtime.layers.layernorm import RMSNorm
+from infernetes.runtime.layers.linear import (
+    MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
+from infernetes.runtime.layers.rotary import RotaryEmbedding
+from infernetes.runtime.model_config import ModelArchConfig
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelArchConfig, rotary: RotaryEmbedding, dtype: torch.dtype):
+        super().__init__()
+        head_dim = config.head_dim
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, head_dim,
+                                          config.num_attention_heads,
+                                          config.num_key_value_heads, config.qkv_bias, dtype)
+        self.o_proj = RowParallelLinear(config.num_attention_heads * head_dim,
+                                        config.hidden_size, config.o_bias, dtype)
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.head_dim = head_dim
+        self.q_size = self.num_heads * head_dim
+        self.kv_size = self.num_kv_heads * head_dim
+        self.rotary = rotary
+        self.attn = Attention(self.num_heads, self.num_kv_heads, head_dim, head_dim ** -0.5,
+                              config.sliding_window)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], -1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        out = self.attn(q, k, v, meta)
+        return self.o_proj(out.view(num_tokens, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype):
+        super().__init__()
+        size = config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size],
+                                                       config.mlp_bias, dtype)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, config.mlp_bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelArchConfig, rotary: RotaryEmbedding, dtype: torch.dtype):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, rotary, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward(self, positions, hidden, residual, meta):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, max_position: int):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
+        rotary = RotaryEmbedding(config.head_dim, max_position, config.rope)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, rotary, dtype) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward(self, input_ids, positions, meta):
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint name -> (our parameter name, shard id) for matrices we store packed.
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, max_position: int):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, dtype, max_position)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
+        if config.tie_word_embeddings:
+            self.lm_head.tie(self.model.embed_tokens)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """-> hidden states [num_tokens, hidden_size]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def attention_layers(self) -> list[Attention]:
+        return [layer.self_attn.attn for layer in self.model.layers]
