@@ -59,8 +59,8 @@ class CacheConfig:
     num_gpu_blocks_override: int | None = None
 
     def __post_init__(self) -> None:
-        if self.block_size not in (1, 8, 16, 32, 64, 128):
-            raise ConfigError(f"--block-size must be one of 1, 8, 16, 32, 64, 128, "
+        if not (1 <= self.block_size <= 256 and self.block_size & (self.block_size - 1) == 0):
+            raise ConfigError(f"--block-size must be a power of two from 1 to 256, "
                               f"got {self.block_size}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], "
@@ -96,6 +96,7 @@ class EngineConfig:
     served_model_name: str | None = None
     generation_config: str = "auto"  # "auto" | "vllm" | a folder
     chat_template: str | None = None
+    skip_tokenizer_init: bool = False  # prompts are token ids; outputs carry no text
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -28,7 +28,8 @@ class LLM:
                  gpu_memory_utilization: float = 0.9, num_gpu_blocks_override: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
                  enable_chunked_prefill: bool = True, chat_template: str | None = None,
-                 generation_config: str = "auto", served_model_name: str | None = None):
+                 generation_config: str = "auto", served_model_name: str | None = None,
+                 skip_tokenizer_init: bool = False):
         cache = CacheConfig(
             block_size=block_size, enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -42,7 +43,7 @@ class LLM:
             model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
             max_model_len=max_model_len, chat_template=chat_template,
             generation_config=generation_config, served_model_name=served_model_name,
-            cache=cache, scheduler=scheduler))
+            skip_tokenizer_init=skip_tokenizer_init, cache=cache, scheduler=scheduler))
         self._ids = count()
 
     def get_tokenizer(self) -> Tokenizer:
@@ -66,6 +67,8 @@ class LLM:
         """messages: one conversation (a list of {"role", "content"}) or a list of them."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.engine.tokenizer
+        if tokenizer is None:
+            raise ValueError("chat needs a tokenizer (skip_tokenizer_init is set)")
         prompts = []
         for conversation in conversations:
             text = tokenizer.apply_chat_template(

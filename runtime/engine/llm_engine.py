@@ -35,12 +35,12 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, self.arch.torch_dtype, self.device)
         self.max_model_len = self._max_model_len()
         self.served_model_name = config.served_model_name or default_served_name(config.model)
-        self.tokenizer = Tokenizer(Path(config.tokenizer or self.model_folder),
-                                   _read_chat_template(config.chat_template))
+        self.tokenizer = None if config.skip_tokenizer_init else Tokenizer(
+            Path(config.tokenizer or self.model_folder), _read_chat_template(config.chat_template))
         generation = read_generation_config(config.generation_config, self.model_folder)
         self.default_sampling = generation["defaults"]
         eos = set(self.arch.eos_token_ids) | set(generation["eos_token_ids"])
-        if self.tokenizer.eos_token_id is not None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
 
@@ -108,6 +108,8 @@ class LLMEngine:
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer (skip_tokenizer_init is set)")
             return self.tokenizer.encode(prompt)
         if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
             raise ValueError("a prompt must be a string or a list of token ids")

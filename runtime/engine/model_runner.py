@@ -6,6 +6,8 @@ first, then every prefill chunk. Logits are computed only for rows that sample.
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 from pathlib import Path
 
 import torch
@@ -47,12 +49,21 @@ class ModelRunner:
         return per_token * self.block_size * len(self.attention_layers)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Pages of the cache are touched only as blocks are first written."""
+        """Zero-filled, because attention reads (masked) slots that were never written: the
+        mask cannot hide a NaN left in memory. On CPU the zeros come from an anonymous mapping,
+        so pages count towards memory only once a block is first written."""
         self.num_blocks = num_blocks
+        self._kv_mappings = []
         for layer in self.attention_layers:
             shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
-            layer.kv_cache = (torch.empty(shape, dtype=self.dtype, device=self.device),
-                              torch.empty(shape, dtype=self.dtype, device=self.device))
+            layer.kv_cache = (self._zeros(shape), self._zeros(shape))
+
+    def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.device.type != "cpu":
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        mapping = mmap.mmap(-1, math.prod(shape) * self.dtype.itemsize)
+        self._kv_mappings.append(mapping)
+        return torch.frombuffer(mapping, dtype=self.dtype).view(shape)
 
     def profile_peak_memory(self, num_tokens: int) -> int:
         """GPU bytes in use at the peak of a forward pass over `num_tokens` prompt tokens."""
