@@ -64,3 +64,10 @@ def hf_greedy(folder: str, prompts: list[list[int]], max_new_tokens: int) -> lis
                                  max_new_tokens=max_new_tokens, pad_token_id=0)
             outputs.append(out[0, len(prompt):].tolist())
     return outputs
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default model in float32, as tests compare it with transformers."""
+    from infernetes import LLM
+    return LLM(dtype="float32", max_model_len=2048, kv_cache_memory="256MiB")
