@@ -73,15 +73,32 @@ class CacheConfig:
 @dataclass(slots=True)
 class SchedulerConfig:
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    # None: 2048 with chunked prefill; without it, enough for the longest request.
+    max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ConfigError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ConfigError(f"--max-num-batched-tokens must be at least 1, "
                               f"got {self.max_num_batched_tokens}")
+
+    def for_context(self, max_model_len: int) -> SchedulerConfig:
+        """The budget resolved and checked against the longest request.
+
+        Without chunked prefill a request (or one recomputed after preemption, prompt plus
+        output) must fit in one step, or it would wait forever.
+        """
+        budget = self.max_num_batched_tokens
+        if budget is None:
+            budget = 2048 if self.enable_chunked_prefill else max(2048, max_model_len)
+        elif not self.enable_chunked_prefill and budget < max_model_len:
+            raise ConfigError(
+                f"--max-num-batched-tokens ({budget}) is smaller than --max-model-len "
+                f"({max_model_len}) with chunked prefill disabled: long requests could never "
+                f"be scheduled; raise it, lower --max-model-len or enable chunked prefill")
+        return SchedulerConfig(self.max_num_seqs, budget, self.enable_chunked_prefill)
 
 
 @dataclass(slots=True)

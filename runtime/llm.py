@@ -26,7 +26,7 @@ class LLM:
                  max_model_len: int | None = None, block_size: int = 16,
                  enable_prefix_caching: bool = True, kv_cache_memory: int | str | None = None,
                  gpu_memory_utilization: float = 0.9, num_gpu_blocks_override: int | None = None,
-                 max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int | None = None,
                  enable_chunked_prefill: bool = True, chat_template: str | None = None,
                  generation_config: str = "auto", served_model_name: str | None = None,
                  skip_tokenizer_init: bool = False):
@@ -39,11 +39,20 @@ class LLM:
         scheduler = SchedulerConfig(max_num_seqs=max_num_seqs,
                                     max_num_batched_tokens=max_num_batched_tokens,
                                     enable_chunked_prefill=enable_chunked_prefill)
-        self.engine = LLMEngine(EngineConfig(
+        self._attach(LLMEngine(EngineConfig(
             model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
             max_model_len=max_model_len, chat_template=chat_template,
             generation_config=generation_config, served_model_name=served_model_name,
-            skip_tokenizer_init=skip_tokenizer_init, cache=cache, scheduler=scheduler))
+            skip_tokenizer_init=skip_tokenizer_init, cache=cache, scheduler=scheduler)))
+
+    @classmethod
+    def from_engine_config(cls, config: EngineConfig) -> LLM:
+        llm = cls.__new__(cls)
+        llm._attach(LLMEngine(config))
+        return llm
+
+    def _attach(self, engine: LLMEngine) -> None:
+        self.engine = engine
         self._ids = count()
 
     def get_tokenizer(self) -> Tokenizer:

@@ -55,11 +55,13 @@ class KVCacheManager:
             if block is None:
                 break
             blocks.append(block)
-        num_tokens = len(blocks) * self.block_size
-        if request.num_preemptions == 0:
-            self.prefix_cache_stats.queries += request.num_tokens
-            self.prefix_cache_stats.hits += num_tokens
-        return blocks, num_tokens
+        return blocks, len(blocks) * self.block_size
+
+    def record_prefix_lookup(self, num_prompt_tokens: int, num_cached_tokens: int) -> None:
+        """Count one request's lookup; called once per request, when it is first admitted."""
+        if self.enable_caching:
+            self.prefix_cache_stats.queries += num_prompt_tokens
+            self.prefix_cache_stats.hits += num_cached_tokens
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_blocks: list[KVCacheBlock] | None = None

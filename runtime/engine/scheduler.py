@@ -32,7 +32,7 @@ class RequestUpdate:
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv_cache_manager: KVCacheManager,
                  max_model_len: int):
-        self.config = config
+        self.config = config.for_context(max_model_len)
         self.kv = kv_cache_manager
         self.max_model_len = max_model_len
         self.requests: dict[str, Request] = {}
@@ -108,8 +108,9 @@ class Scheduler:
                 break
             self.waiting.popleft()
             request.num_computed_tokens = num_cached
-            if request.num_cached_tokens < 0:
+            if request.num_cached_tokens < 0:  # first admission: count the prefix lookup once
                 request.num_cached_tokens = num_cached
+                self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             scheduled.append(self._scheduled(request, num_new))

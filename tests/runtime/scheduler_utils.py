@@ -32,7 +32,7 @@ def make_request(request_id: str, prompt: Sequence[int] | int, *, max_tokens: in
 
 
 def make_scheduler(*, num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 256,
-                   max_num_batched_tokens: int = 2048, enable_chunked_prefill: bool = True,
+                   max_num_batched_tokens: int | None = 2048, enable_chunked_prefill: bool = True,
                    enable_caching: bool = True, max_model_len: int = 1024) -> Scheduler:
     config = SchedulerConfig(max_num_seqs=max_num_seqs,
                              max_num_batched_tokens=max_num_batched_tokens,

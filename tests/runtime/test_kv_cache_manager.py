@@ -14,6 +14,7 @@ def admit(kv: KVCacheManager, request, num_new_tokens: int | None = None) -> int
     """Do what the scheduler does for a waiting request: look up its prefix, allocate, and mark
     the tokens computed. Returns the number of prefix-hit tokens."""
     blocks, num_cached = kv.get_computed_blocks(request)
+    kv.record_prefix_lookup(request.num_tokens, num_cached)
     if num_new_tokens is None:
         num_new_tokens = request.num_tokens - num_cached
     assert kv.allocate_slots(request, num_new_tokens, blocks) is not None
@@ -220,10 +221,8 @@ def test_prefix_cache_stats_count_prompt_tokens_and_hits():
     assert kv.prefix_cache_stats.queries == 10 + 12
     assert kv.prefix_cache_stats.hits == 0 + 8
 
-    # A preempted request looking up its own blocks again is not a new query.
-    recomputed = make_request("c", 10)
-    recomputed.num_preemptions = 1
-    assert kv.get_computed_blocks(recomputed)[1] == 8
+    # A lookup alone (a request held back, or recomputed after preemption) is not counted.
+    assert kv.get_computed_blocks(make_request("c", 10))[1] == 8
     assert kv.prefix_cache_stats.queries == 22
     assert kv.prefix_cache_stats.hits == 8
 

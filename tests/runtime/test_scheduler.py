@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from infernetes.runtime.config import ConfigError
+
 from infernetes.runtime.request import RequestStatus
 from scheduler_utils import (FIRST_OUTPUT_TOKEN, FakeRunner, fake_runner_output, make_request,
                              make_scheduler, run_until_done, step)
@@ -155,7 +157,8 @@ def test_long_prompt_is_prefilled_in_chunks_and_samples_only_at_the_end():
 
 
 def test_without_chunked_prefill_a_prompt_waits_until_it_fits_whole():
-    sched = make_scheduler(max_num_batched_tokens=8, enable_chunked_prefill=False)
+    sched = make_scheduler(max_num_batched_tokens=8, enable_chunked_prefill=False,
+                           max_model_len=8)
     runner = FakeRunner(BS)
     sched.add_request(make_request("a", 4, max_tokens=3))
     sched.add_request(make_request("b", [50 + i for i in range(8)], max_tokens=1))
@@ -389,12 +392,19 @@ def test_preempted_request_reuses_its_own_cached_blocks():
     assert sched.kv.num_free_blocks == 6
 
 
+def test_without_chunked_prefill_the_budget_must_fit_the_longest_request():
+    # A request recomputed after preemption (prompt plus output) must fit in one step, or it
+    # would wait forever: such a configuration is refused, naming the flag.
+    with pytest.raises(ConfigError, match="--max-num-batched-tokens"):
+        make_scheduler(max_num_batched_tokens=8, enable_chunked_prefill=False, max_model_len=20)
+    # Left unset, the budget grows to the context length.
+    sched = make_scheduler(max_num_batched_tokens=None, enable_chunked_prefill=False,
+                           max_model_len=4096)
+    assert sched.config.max_num_batched_tokens == 4096
+
+
 def test_preempted_request_resumes_without_chunked_prefill():
-    # Without chunked prefill a preempted request is recomputed in one piece: prompt plus the
-    # tokens it had generated, here more than the step budget. It must not stay stuck.
-    # (Fails today: r1 waits forever. If the fix is to reject max_num_batched_tokens <
-    # max_model_len without chunked prefill, this scenario becomes invalid: test that instead.)
-    sched = make_scheduler(num_blocks=5, max_num_batched_tokens=8, enable_chunked_prefill=False,
+    sched = make_scheduler(num_blocks=5, max_num_batched_tokens=20, enable_chunked_prefill=False,
                            enable_caching=False, max_model_len=20)
     runner = FakeRunner(BS)
     requests = [make_request(f"r{i}", [10 * i + j for j in range(1, 5)], max_tokens=10)

@@ -1,0 +1,72 @@
+"""`infernetes` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from infernetes.runtime.cli_args import add_engine_args, engine_config_from_args
+from infernetes.runtime.config import ConfigError
+
+DEMO_QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about Kubernetes.",
+    "Give me three tips for writing clear code.",
+    "Explain what a KV cache is in one sentence.",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infernetes",
+                                     description="Run open LLMs: offline, or as a server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser(
+        "generate", help="generate for a few prompts and print the results (a demo)",
+        description="Chat-style generation for each PROMPT (default: a few demo questions) "
+                    "with MODEL (default: the embedded SmolLM2-135M-Instruct).")
+    generate.add_argument("prompts", nargs="*", metavar="PROMPT")
+    generate.add_argument("--model", help="Hugging Face folder or .gguf file")
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--no-chat", action="store_true",
+                          help="use the prompts as raw text, without the chat template")
+    add_engine_args(generate)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return _generate(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"infernetes: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from infernetes.runtime.llm import LLM
+    from infernetes.runtime.sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k)
+    llm = LLM.from_engine_config(engine_config_from_args(args, args.model))
+    prompts = args.prompts or DEMO_QUESTIONS
+    started = time.perf_counter()
+    if args.no_chat:
+        outputs = llm.generate(prompts, params)
+    else:
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+    seconds = time.perf_counter() - started
+    num_tokens = 0
+    for prompt, output in zip(prompts, outputs):
+        completion = output.outputs[0]
+        num_tokens += len(completion.token_ids)
+        print(f"\n>>> {prompt}\n{completion.text.strip()}\n"
+              f"[{len(completion.token_ids)} tokens, finish reason: {completion.finish_reason}]")
+    print(f"\n{len(prompts)} prompts, {num_tokens} tokens in {seconds:.2f} s "
+          f"({num_tokens / seconds:.1f} tokens/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

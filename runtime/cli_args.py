@@ -1,0 +1,58 @@
+"""Engine flags, with vLLM's names and meanings, shared by every `infernetes` command.
+
+Each flag is documented here, once; `engine_config_from_args` turns them into typed configs,
+which check the values and name the flag in any error."""
+from __future__ import annotations
+
+import argparse
+
+from infernetes.runtime.config import (
+    DTYPE_CHOICES, CacheConfig, EngineConfig, SchedulerConfig, parse_size)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights and activations; auto takes the checkpoint's (float16 "
+                        "becomes bfloat16 on CPU)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--seed", type=int, default=0, help="seed of the engine's random state")
+    g.add_argument("--max-model-len", type=int,
+                   help="longest prompt + output, in tokens; default: the model's own limit")
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=True, help="reuse the KV cache of shared prompt prefixes")
+    g.add_argument("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default on CPU: 1GiB; "
+                                             "on GPU, --gpu-memory-utilization decides)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of GPU memory for weights, activations and KV cache")
+    g.add_argument("--num-gpu-blocks-override", type=int,
+                   help="exact number of KV-cache blocks (testing)")
+    g.add_argument("--max-num-seqs", type=int, default=256,
+                   help="most sequences in one batch")
+    g.add_argument("--max-num-batched-tokens", type=int,
+                   help="token budget of one engine step (default: 2048, or the context "
+                        "length when chunked prefill is disabled)")
+    g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
+                   default=True, help="split long prompts across steps")
+    g.add_argument("--chat-template", help="Jinja chat template, or a file holding one")
+    g.add_argument("--generation-config", default="auto",
+                   help="sampling defaults: auto (the model's generation_config.json), "
+                        "vllm (none), or a folder")
+
+
+def engine_config_from_args(args: argparse.Namespace, model: str | None) -> EngineConfig:
+    cache = CacheConfig(
+        block_size=args.block_size, enable_prefix_caching=args.enable_prefix_caching,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_memory=None if args.kv_cache_memory is None
+        else parse_size(args.kv_cache_memory, "--kv-cache-memory"),
+        num_gpu_blocks_override=args.num_gpu_blocks_override)
+    scheduler = SchedulerConfig(max_num_seqs=args.max_num_seqs,
+                                max_num_batched_tokens=args.max_num_batched_tokens,
+                                enable_chunked_prefill=args.enable_chunked_prefill)
+    return EngineConfig(
+        model=model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+        seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
+        generation_config=args.generation_config, cache=cache, scheduler=scheduler)
