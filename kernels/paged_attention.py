@@ -1,8 +1,11 @@
 """Attention over a paged KV cache, in torch: the CPU path and the reference for GPU kernels.
 
-Cache layout, per layer: key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+Cache layout, per layer: key_cache, value_cache: [num_blocks, num_kv_heads, block_size, head_dim].
 Token t of a sequence lives in block `block_table[t // block_size]`, row `t % block_size`; its
-flat slot is `block_id * block_size + t % block_size`.
+flat slot is `block_id * block_size + t % block_size`. Heads before rows, so that the blocks
+gathered for a batch, [B, max_blocks, num_kv_heads, block_size, head_dim], are already a batch of
+[block_size, head_dim] matrices per (sequence, block, head): decode attention multiplies them
+in place instead of copying every key into a per-sequence layout first.
 
 Query heads are grouped onto KV heads as in Hugging Face's `repeat_kv`: query head h reads KV
 head h // (num_heads // num_kv_heads). Scores and softmax run in float32.
@@ -16,16 +19,18 @@ import torch.nn.functional as F
 def store_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                    value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """key, value: [num_tokens, num_kv_heads, head_dim]; slot_mapping: [num_tokens] (int64)."""
-    num_kv_heads, head_dim = key.shape[1:]
-    key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
-    value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+    block_size = key_cache.shape[2]
+    blocks, rows = slot_mapping // block_size, slot_mapping % block_size
+    key_cache[blocks, :, rows] = key.to(key_cache.dtype)
+    value_cache[blocks, :, rows] = value.to(value_cache.dtype)
 
 
-def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """cache: [num_blocks, block_size, H, D]; block_tables: [B, max_blocks] ->
-    [B, max_blocks * block_size, H, D], token-ordered (padding rows hold whatever blocks say)."""
-    batch = block_tables.shape[0]
-    return cache[block_tables].view(batch, -1, *cache.shape[2:])
+def gather_sequence_kv(cache: torch.Tensor, block_table: torch.Tensor,
+                       num_tokens: int) -> torch.Tensor:
+    """One sequence's first `num_tokens` keys (or values): [num_kv_heads, num_tokens, head_dim]."""
+    blocks = cache.index_select(0, block_table)  # [num_blocks, H, block_size, D]
+    heads, dim = cache.shape[1], cache.shape[3]
+    return blocks.transpose(0, 1).reshape(heads, -1, dim)[:, :num_tokens]
 
 
 def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
@@ -38,14 +43,21 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     Returns [B, num_heads, head_dim] in the query's dtype.
     """
     batch, num_heads, head_dim = query.shape
-    num_kv_heads = key_cache.shape[2]
+    num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
+    num_blocks = block_tables.shape[1]
     group = num_heads // num_kv_heads
-    keys = gather_kv(key_cache, block_tables).float().permute(0, 2, 3, 1)  # [B, Hkv, D, L]
-    values = gather_kv(value_cache, block_tables).float().transpose(1, 2)  # [B, Hkv, L, D]
-    q = query.float().view(batch, num_kv_heads, group, head_dim)
-    scores = torch.matmul(q, keys).mul_(scale).add_(key_mask[:, None, None, :])
-    out = torch.matmul(scores.softmax(dim=-1), values)  # [B, Hkv, G, D]
-    return out.view(batch, num_heads, head_dim).to(query.dtype)
+    # index_select on the flattened table: about twice as fast as advanced indexing on CPU.
+    flat_table = block_tables.reshape(-1)
+    keys = key_cache.index_select(0, flat_table).view(batch, num_blocks, num_kv_heads,
+                                                       block_size, head_dim).float()
+    values = value_cache.index_select(0, flat_table).view(keys.shape).float()
+    q = (query.float() * scale).view(batch, 1, num_kv_heads, group, head_dim)
+    scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, nb, Hkv, G, bs]
+    scores = scores.permute(0, 2, 3, 1, 4).reshape(batch, num_kv_heads, group, -1)
+    probs = (scores + key_mask[:, None, None, :]).softmax(dim=-1)
+    probs = probs.view(batch, num_kv_heads, group, num_blocks, block_size).permute(0, 3, 1, 2, 4)
+    out = torch.matmul(probs, values).sum(dim=1)  # [B, Hkv, G, D]
+    return out.reshape(batch, num_heads, head_dim).to(query.dtype)
 
 
 def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -53,16 +65,16 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       ) -> torch.Tensor:
     """Causal attention of one sequence's new tokens over its whole context.
 
-    query: [num_new, num_heads, head_dim]; key, value: [context_len + num_new, num_kv_heads,
+    query: [num_new, num_heads, head_dim]; key, value: [num_kv_heads, context_len + num_new,
     head_dim] (the cached prefix followed by the new tokens). New token i sits at position
     context_len + i and sees keys 0..context_len + i (the last `sliding_window` of them, if set).
     Returns [num_new, num_heads, head_dim] in the query's dtype.
     """
     num_new = query.shape[0]
-    num_keys = key.shape[0]
+    num_keys = key.shape[1]
     q = query.float().transpose(0, 1).unsqueeze(0)
-    k = key.float().transpose(0, 1).unsqueeze(0)
-    v = value.float().transpose(0, 1).unsqueeze(0)
+    k = key.float().unsqueeze(0)
+    v = value.float().unsqueeze(0)
     if context_len == 0 and sliding_window is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                              enable_gqa=True)
@@ -72,7 +84,7 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         mask = key_pos <= query_pos
         if sliding_window is not None:
             mask &= key_pos > query_pos - sliding_window
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.device), scale=scale,
                                              enable_gqa=True)
     return out.squeeze(0).transpose(0, 1).to(query.dtype)
 

@@ -55,7 +55,7 @@ class ModelRunner:
         self.num_blocks = num_blocks
         self._kv_mappings = []
         for layer in self.attention_layers:
-            shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
+            shape = (num_blocks, layer.num_kv_heads, self.block_size, layer.head_dim)
             layer.kv_cache = (self._zeros(shape), self._zeros(shape))
 
     def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from infernetes.kernels.paged_attention import (
-    gather_kv, paged_decode_attention, prefill_attention, store_kv_cache)
+    gather_sequence_kv, paged_decode_attention, prefill_attention, store_kv_cache)
 
 
 @dataclass(slots=True)
@@ -59,12 +59,12 @@ class Attention(nn.Module):
         for chunk in meta.prefills:
             end = chunk.token_start + chunk.num_tokens
             if chunk.context_len == 0:
-                keys, values = k[chunk.token_start:end], v[chunk.token_start:end]
+                keys = k[chunk.token_start:end].transpose(0, 1)
+                values = v[chunk.token_start:end].transpose(0, 1)
             else:
                 num_keys = chunk.context_len + chunk.num_tokens
-                table = chunk.block_table.unsqueeze(0)
-                keys = gather_kv(key_cache, table)[0, :num_keys]
-                values = gather_kv(value_cache, table)[0, :num_keys]
+                keys = gather_sequence_kv(key_cache, chunk.block_table, num_keys)
+                values = gather_sequence_kv(value_cache, chunk.block_table, num_keys)
             out[chunk.token_start:end] = prefill_attention(
                 q[chunk.token_start:end], keys, values, chunk.context_len, self.scale,
                 self.sliding_window)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infernetes.runtime.layers.cpu_matmul import should_upcast
 from infernetes.runtime.parallel.state import get_tp_group
 
 
@@ -37,13 +38,25 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Hidden states to logits over the vocabulary; may share its weight with the embedding."""
+    """Hidden states to logits over the vocabulary; may share its weight with the embedding.
+
+    On CPUs without native half-precision GEMM (see cpu_matmul), batches use an fp32 copy of
+    the weight, made on first use: converting this largest matrix at every step would cost more
+    than the product.
+    """
+
+    _weight_fp32: torch.Tensor | None = None
 
     def tie(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden_states, self.weight)
+        if should_upcast(hidden_states):
+            if self._weight_fp32 is None:
+                self._weight_fp32 = self.weight.float()
+            logits = F.linear(hidden_states.float(), self._weight_fp32)
+        else:
+            logits = F.linear(hidden_states, self.weight)
         if self.tp.size > 1:
             gathered = [torch.empty_like(logits) for _ in range(self.tp.size)]
             torch.distributed.all_gather(gathered, logits)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -17,8 +18,7 @@ class RMSNorm(nn.Module):
         if residual is not None:
             x = x + residual
             residual = x
-        # Statistics in float32, as the reference implementations do.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = self.weight * x32.to(x.dtype)
+        # Normalized in float32, scaled in the model's dtype, as the reference implementations.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
+        out = self.weight * normed.to(x.dtype)
         return out if residual is None else (out, residual)

@@ -14,12 +14,12 @@ from infernetes.runtime.layers.embedding import ParallelLMHead, VocabParallelEmb
 from infernetes.runtime.layers.layernorm import RMSNorm
 from infernetes.runtime.layers.linear import (
     MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
-from infernetes.runtime.layers.rotary import RotaryEmbedding
+from infernetes.runtime.layers.rotary import RotaryEmbedding, apply_rotary
 from infernetes.runtime.model_config import ModelArchConfig
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelArchConfig, rotary: RotaryEmbedding, dtype: torch.dtype):
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype):
         super().__init__()
         head_dim = config.head_dim
         self.qkv_proj = QKVParallelLinear(config.hidden_size, head_dim,
@@ -32,18 +32,18 @@ class LlamaAttention(nn.Module):
         self.head_dim = head_dim
         self.q_size = self.num_heads * head_dim
         self.kv_size = self.num_kv_heads * head_dim
-        self.rotary = rotary
         self.attn = Attention(self.num_heads, self.num_kv_heads, head_dim, head_dim ** -0.5,
                               config.sliding_window)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], -1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        qk_size = self.q_size + self.kv_size
+        qkv = self.qkv_proj(hidden)
+        # Queries and keys sit side by side in the projection: rotate them in one pass.
+        qk = apply_rotary(qkv[:, :qk_size].view(num_tokens, -1, self.head_dim), *rope)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        v = qkv[:, qk_size:].view(num_tokens, self.num_kv_heads, self.head_dim)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.view(num_tokens, self.q_size))
 
@@ -61,20 +61,20 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelArchConfig, rotary: RotaryEmbedding, dtype: torch.dtype):
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype):
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary, dtype)
+        self.self_attn = LlamaAttention(config, dtype)
         self.mlp = LlamaMLP(config, dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
-    def forward(self, positions, hidden, residual, meta):
+    def forward(self, rope, hidden, residual, meta):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
+        hidden = self.self_attn(rope, hidden, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -83,16 +83,17 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelArchConfig, dtype: torch.dtype, max_position: int):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
-        rotary = RotaryEmbedding(config.head_dim, max_position, config.rope)
+        self.rotary = RotaryEmbedding(config.head_dim, max_position, config.rope)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary, dtype) for _ in range(config.num_hidden_layers))
+            LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
+        rope = self.rotary.cos_sin_at(positions)
         residual = None
         for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, meta)
+            hidden, residual = layer(rope, hidden, residual, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
