@@ -16,13 +16,23 @@ import torch
 import torch.nn.functional as F
 
 
-def store_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
-                   value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """key, value: [num_tokens, num_kv_heads, head_dim]; slot_mapping: [num_tokens] (int64)."""
-    block_size = key_cache.shape[2]
+def kv_store_index(slot_mapping: torch.Tensor, num_kv_heads: int,
+                   block_size: int) -> torch.Tensor:
+    """[num_tokens * num_kv_heads] rows of the cache seen as [-1, head_dim], token-major: where
+    `store_kv_cache` writes each (token, head). Computed once per step for every layer."""
     blocks, rows = slot_mapping // block_size, slot_mapping % block_size
-    key_cache[blocks, :, rows] = key.to(key_cache.dtype)
-    value_cache[blocks, :, rows] = value.to(value_cache.dtype)
+    heads = torch.arange(num_kv_heads, device=slot_mapping.device)
+    return ((blocks[:, None] * num_kv_heads + heads) * block_size + rows[:, None]).reshape(-1)
+
+
+def store_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+                   value_cache: torch.Tensor, store_index: torch.Tensor) -> None:
+    """key, value: [num_tokens, num_kv_heads, head_dim]; store_index from `kv_store_index`."""
+    head_dim = key.shape[-1]
+    key_cache.view(-1, head_dim).index_copy_(0, store_index,
+                                             key.reshape(-1, head_dim).to(key_cache.dtype))
+    value_cache.view(-1, head_dim).index_copy_(0, store_index,
+                                               value.reshape(-1, head_dim).to(value_cache.dtype))
 
 
 def gather_sequence_kv(cache: torch.Tensor, block_table: torch.Tensor,
@@ -46,6 +56,14 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
     num_blocks = block_tables.shape[1]
     group = num_heads // num_kv_heads
+    if batch == 1:  # one sequence: fewer, fused operations win
+        keys = gather_sequence_kv(key_cache, block_tables[0], num_blocks * block_size)
+        values = gather_sequence_kv(value_cache, block_tables[0], num_blocks * block_size)
+        out = F.scaled_dot_product_attention(
+            query.float().view(1, num_heads, 1, head_dim), keys.float().unsqueeze(0),
+            values.float().unsqueeze(0), attn_mask=key_mask.view(1, 1, 1, -1), scale=scale,
+            enable_gqa=True)
+        return out.view(1, num_heads, head_dim).to(query.dtype)
     # index_select on the flattened table: about twice as fast as advanced indexing on CPU.
     flat_table = block_tables.reshape(-1)
     keys = key_cache.index_select(0, flat_table).view(batch, num_blocks, num_kv_heads,

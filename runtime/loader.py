@@ -1,9 +1,11 @@
 """Weights from a Hugging Face folder into a model built from its config.
 
-safetensors files (one, or sharded with `model.safetensors.index.json`) are memory-mapped and
-copied tensor by tensor, so peak memory stays near the model's own size; `pytorch_model*.bin`
-is read the same way when no safetensors exist. Each parameter's own `weight_loader` places
-the tensor (packing and tensor-parallel slicing live there).
+safetensors files (one, or sharded with `model.safetensors.index.json`) are read tensor by
+tensor with plain reads into one reused buffer, not memory-mapped: mapped file pages count as
+the process's own memory until the file is closed, which would add the whole checkpoint (often
+float32, twice the model's size in bf16) to the peak. `pytorch_model*.bin` is read when no
+safetensors exist. Each parameter's own `weight_loader` places the tensor (packing and
+tensor-parallel slicing live there).
 """
 from __future__ import annotations
 
@@ -30,15 +32,48 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return files
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
 def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs; a tensor is valid only until the next one is yielded."""
     for path in files:
         if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+            yield from _read_safetensors(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             yield from state.items()
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        if any(entry["dtype"] not in _SAFETENSORS_DTYPES for entry in header.values()):
+            with safe_open(str(path), framework="pt") as st:  # rarer dtypes: the library's reader
+                for name in st.keys():
+                    yield name, st.get_tensor(name)
+            return
+        data_start = 8 + header_size
+        buffer = bytearray()
+        # In file order, so the reads are sequential.
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            begin, end = entry["data_offsets"]
+            size = end - begin
+            if len(buffer) < size:
+                buffer = bytearray(size)
+            view = memoryview(buffer)[:size]
+            f.seek(data_start + begin)
+            if f.readinto(view) != size:
+                raise ValueError(f"{path} is truncated: tensor {name!r} is incomplete")
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            tensor = torch.frombuffer(view, dtype=dtype) if size else torch.empty(0, dtype=dtype)
+            yield name, tensor.view(entry["shape"])
 
 
 def load_weights(model: nn.Module, folder: Path) -> None:

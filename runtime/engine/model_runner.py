@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from infernetes.kernels.paged_attention import decode_key_mask
+from infernetes.kernels.paged_attention import decode_key_mask, kv_store_index
 from infernetes.runtime.engine.scheduler_output import (
     ModelRunnerOutput, ScheduledRequest, SchedulerOutput)
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
@@ -151,8 +151,11 @@ class ModelRunner:
             if item.sample:
                 logits_index.append(token_start + num - 1)
 
+        slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            slot_mapping=slot_mapping,
+            kv_store_index=kv_store_index(slot_mapping, self.attention_layers[0].num_kv_heads,
+                                          size),
             num_decode_tokens=len(decode_tables), prefills=prefills)
         if decode_tables:
             width = max(len(t) for t in decode_tables)

@@ -26,6 +26,7 @@ class PrefillChunk:
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] (int64): where each token's K/V is written
+    kv_store_index: torch.Tensor  # the same slots as cache rows, see kernels.kv_store_index
     num_decode_tokens: int
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] (int64)
     decode_key_mask: torch.Tensor | None = None  # [num_decodes, max_blocks * block_size]
@@ -46,7 +47,7 @@ class Attention(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]."""
         key_cache, value_cache = self.kv_cache
-        store_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        store_kv_cache(k, v, key_cache, value_cache, meta.kv_store_index)
         num_decode = meta.num_decode_tokens
         if not meta.prefills:
             return paged_decode_attention(q, key_cache, value_cache, meta.decode_block_tables,

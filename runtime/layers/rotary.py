@@ -39,14 +39,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1),
                              persistent=False)
 
-    def cos_sin_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [num_tokens] -> (cos, sin), each [num_tokens, 1, head_dim / 2].
-        Computed once per step and shared by every layer."""
-        return self.cos_sin[positions].unsqueeze(1).chunk(2, dim=-1)
+    def cos_sin_at(self, positions: torch.Tensor, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [num_tokens] -> (cos, sin), each [num_tokens, 1, head_dim] in `dtype`,
+        both halves equal. Computed once per step and shared by every layer."""
+        cos, sin = self.cos_sin[positions].unsqueeze(1).to(dtype).chunk(2, dim=-1)
+        return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [num_tokens, num_heads, head_dim] (queries and keys may be rotated together)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return out.to(x.dtype)
+    """x: [num_tokens, num_heads, head_dim] (queries and keys may be rotated together).
+    x * cos + rotate_half(x) * sin, in x's dtype, as the Hugging Face models compute it."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -90,7 +90,7 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
-        rope = self.rotary.cos_sin_at(positions)
+        rope = self.rotary.cos_sin_at(positions, hidden.dtype)
         residual = None
         for layer in self.layers:
             hidden, residual = layer(rope, hidden, residual, meta)

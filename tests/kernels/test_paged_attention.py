@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from infernetes.kernels.paged_attention import (
-    decode_key_mask, gather_sequence_kv, paged_decode_attention, prefill_attention,
-    store_kv_cache)
+    decode_key_mask, gather_sequence_kv, kv_store_index, paged_decode_attention,
+    prefill_attention, store_kv_cache)
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 24, 4, 40
 
@@ -37,16 +37,18 @@ def _fill_cache(seq_lens, dtype, generator):
         v = torch.randn(length, NUM_KV_HEADS, HEAD_DIM, generator=generator).to(dtype)
         slots = torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
                               for p in range(length)])
-        store_kv_cache(k, v, key_cache, value_cache, slots)
+        store_kv_cache(k, v, key_cache, value_cache,
+                       kv_store_index(slots, NUM_KV_HEADS, BLOCK_SIZE))
         tables.append(table), keys.append(k), values.append(v)
     return key_cache, value_cache, tables, keys, values
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("window", [None, 5])
-def test_decode_matches_naive(dtype, tol, window):
+@pytest.mark.parametrize("batch", [1, 5])
+def test_decode_matches_naive(dtype, tol, window, batch):
     gen = torch.Generator().manual_seed(0)
-    seq_lens = [1, 7, 13, 4, 22]
+    seq_lens = [1, 7, 13, 4, 22] if batch > 1 else [11]
     key_cache, value_cache, tables, keys, values = _fill_cache(seq_lens, dtype, gen)
     width = max(len(t) for t in tables)
     block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
