@@ -56,6 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cpu_description() -> dict[str, Any]:
+    """The processor and the instruction sets that decide half-precision GEMM speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), "")
+    flags = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return {"model": model, **{flag: f" {flag}" in info for flag in flags}}
+
+
 # --- helpers used inside a phase process -------------------------------------------------------
 
 def make_prompts(folder: Path, num_prompts: int, input_len: int, seed: int) -> list[list[int]]:
@@ -222,6 +234,7 @@ def main() -> None:
             "command": [sys.executable, *sys.argv],
             "torch_version": metadata.version("torch"),
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_description(),
             "settings": {k: v for k, v in vars(args).items()
                          if k not in ("phase", "result_file", "output_json")},
             "results": results,

@@ -94,12 +94,12 @@ class OutputProcessor:
             if state.detokenizer is not None:
                 ended_by_token = finished and status == RequestStatus.FINISHED_STOPPED
                 stop = state.detokenizer.update(update.new_token_ids, skip_last=ended_by_token)
-                if stop is not None and not finished:
+                if stop is not None:
+                    # A stop string wins over the length cap or EOS reached by the same token.
+                    if not finished:
+                        stopped.append(request.request_id)
                     finished = True
                     status = RequestStatus.FINISHED_STOPPED
-                    request.stop_reason = stop
-                    stopped.append(request.request_id)
-                elif stop is not None:
                     request.stop_reason = stop
             completion = parent.completions[state.index]
             if finished:

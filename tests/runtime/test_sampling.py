@@ -134,3 +134,13 @@ def test_logprobs_shape(smollm2):
 def test_invalid_sampling_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value})
+
+
+def test_stop_string_on_the_last_allowed_token_reports_stop(smollm2):
+    params = dict(temperature=0, max_tokens=10, ignore_eos=True)
+    base = smollm2.generate(PROMPT, SamplingParams(**params))[0].outputs[0]
+    text = base.text.rstrip()
+    stop = next(text[-n:] for n in range(3, len(text) + 1) if text.find(text[-n:]) == len(text) - n)
+    out = smollm2.generate(PROMPT, SamplingParams(**params, stop=[stop]))[0].outputs[0]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop)
+    assert out.text == text[:-len(stop)]
