@@ -66,8 +66,6 @@ class Request:
     stop_reason: int | str | None = None
     # Chained hashes of the request's full blocks, extended as tokens arrive.
     block_hashes: list[int] = field(default_factory=list)
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Tokenizer as FastTokenizer
@@ -80,11 +79,6 @@ class Tokenizer:
                 if cut >= 0:
                     text = text[:cut + len(final.strip())]
         return text
-
-    @cached_property
-    def all_special_ids(self) -> set[int]:
-        decoder = self.config.get("added_tokens_decoder", {})
-        return {int(i) for i, t in decoder.items() if t.get("special")}
 
 
 def _token_text(token) -> str | None:

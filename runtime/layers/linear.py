@@ -42,10 +42,6 @@ class LinearBase(nn.Module):
         return linear(x, self.weight, self.bias)
 
 
-class ReplicatedLinear(LinearBase):
-    pass
-
-
 class ColumnParallelLinear(LinearBase):
     """Y = XA with A split by columns (output features): each rank owns a slice of Y."""
 
