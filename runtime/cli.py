@@ -8,6 +8,7 @@ import time
 
 from infernetes.runtime.cli_args import add_engine_args, engine_config_from_args
 from infernetes.runtime.config import ConfigError
+from infernetes.runtime.server.launch import add_server_args, run_server
 
 DEMO_QUESTIONS = [
     "What is the capital of France?",
@@ -34,10 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--no-chat", action="store_true",
                           help="use the prompts as raw text, without the chat template")
     add_engine_args(generate)
+    serve = commands.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server",
+        description="Serve MODEL (a Hugging Face folder or .gguf file; default: the embedded "
+                    "SmolLM2-135M-Instruct) over OpenAI's HTTP API.")
+    serve.add_argument("model", nargs="?", metavar="MODEL")
+    add_server_args(serve)
+    add_engine_args(serve)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return _generate(args)
+        return _generate(args) if args.command == "generate" else run_server(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"infernetes: error: {e}", file=sys.stderr)
         return 2

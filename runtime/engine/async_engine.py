@@ -1,0 +1,143 @@
+"""The engine loop in a background thread, with one async output stream per request.
+
+The event loop never waits on the engine: prompts are tokenized and checked in the caller
+(bad input raises there, at once), then handed to the engine thread through a queue together
+with aborts; the thread applies them between steps and pushes each step's outputs to the
+streams with `call_soon_threadsafe`. A request whose consumer goes away (client disconnect,
+cancelled task) is aborted, and its KV blocks return to the pool.
+
+Liveness: the thread stamps `heartbeat` on every iteration, busy or idle; `is_healthy()` is
+false once the loop has died or has not come round for `stall_seconds`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from infernetes.runtime.engine.llm_engine import LLMEngine
+from infernetes.runtime.outputs import RequestOutput
+from infernetes.runtime.request import LoRARequest
+from infernetes.runtime.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_SECONDS = 0.5
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped; no request can be served."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncLLM:
+    def __init__(self, engine: LLMEngine, stall_seconds: float = 60.0):
+        self.engine = engine
+        self.stall_seconds = stall_seconds
+        self.heartbeat = time.monotonic()
+        self.error: BaseException | None = None
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    # -- caller side (event loop) -----------------------------------------------------------
+
+    async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                       lora_request: LoRARequest | None = None
+                       ) -> AsyncIterator[RequestOutput]:
+        """Outputs of one request as the engine makes them; raises ValueError on bad input."""
+        self._check_alive()
+        prompt_token_ids = self.engine.encode_prompt(prompt)
+        self.engine.validate_prompt(prompt_token_ids)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        self._commands.put(("add", request_id, prompt_token_ids, params, lora_request))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def is_healthy(self) -> bool:
+        return (self.error is None and self._thread.is_alive()
+                and time.monotonic() - self.heartbeat < self.stall_seconds)
+
+    def num_unfinished(self) -> int:
+        return len(self._streams)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._commands.put(("wake",))
+        self._thread.join(timeout)
+
+    def _check_alive(self) -> None:
+        if self.error is not None or not self._thread.is_alive():
+            raise EngineDeadError(f"the engine loop has stopped: {self.error!r}")
+
+    # -- engine thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
+                busy = self.engine.has_unfinished_requests()
+                self._apply_commands(block=not busy)
+                if self.engine.has_unfinished_requests():
+                    self._deliver(self.engine.step())
+        except BaseException as e:  # the loop must report its death, whatever killed it
+            logger.exception("engine loop died")
+            self.error = e
+            for request_id in list(self._streams):
+                self._push(request_id, EngineDeadError(f"the engine loop died: {e!r}"))
+
+    def _apply_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=_IDLE_WAIT_SECONDS) if block \
+                else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind = command[0]
+            if kind == "add":
+                _, request_id, prompt_token_ids, params, lora = command
+                if request_id in self._streams:  # not already abandoned by its caller
+                    try:
+                        self.engine.add_request(request_id, prompt_token_ids, params, lora)
+                    except ValueError as e:
+                        self._push(request_id, e)
+            elif kind == "abort":
+                self.engine.abort_request(command[1])
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            self._push(output.request_id, output)
+
+    def _push(self, request_id: str, item) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)

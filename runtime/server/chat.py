@@ -1,0 +1,119 @@
+"""POST /v1/chat/completions."""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from infernetes.runtime.outputs import CompletionOutput, RequestOutput
+from infernetes.runtime.server.context import ServingContext
+from infernetes.runtime.server.errors import OpenAIError
+from infernetes.runtime.server.protocol import ChatCompletionRequest, ChatMessage, random_id
+from infernetes.runtime.server.streaming import SSE_DONE, merge, sse
+
+
+def render_messages(ctx: ServingContext, messages: list[ChatMessage], *,
+                    add_generation_prompt: bool = True, continue_final_message: bool = False,
+                    tools: list | None = None, chat_template: str | None = None,
+                    chat_template_kwargs: dict | None = None) -> list[int]:
+    """Chat messages to prompt token ids through the model's (or the request's) template."""
+    if ctx.tokenizer is None:
+        raise OpenAIError(400, "this server runs without a tokenizer; chat is unavailable")
+    conversation = []
+    for message in messages:
+        item = message.model_dump(exclude_none=True)
+        if isinstance(message.content, list):  # content parts: keep the text ones
+            texts = []
+            for part in message.content:
+                if part.get("type") != "text":
+                    raise OpenAIError(400, f"content part type {part.get('type')!r} is not "
+                                           f"supported; only text", "messages")
+                texts.append(part.get("text", ""))
+            item["content"] = "\n".join(texts)
+        conversation.append(item)
+    text = ctx.tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final_message, tools=tools,
+        chat_template=chat_template, **(chat_template_kwargs or {}))
+    return ctx.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _logprobs(completion: CompletionOutput, top_k: int) -> dict | None:
+    if completion.logprobs is None:
+        return None
+    content = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs):
+        chosen = position[token_id]
+        top = sorted((p for p in position.values() if p.rank <= top_k), key=lambda p: p.rank)
+        content.append({
+            "token": chosen.decoded_token, "logprob": chosen.logprob,
+            "bytes": list((chosen.decoded_token or "").encode()),
+            "top_logprobs": [{"token": p.decoded_token, "logprob": p.logprob,
+                              "bytes": list((p.decoded_token or "").encode())}
+                             for p in top]})
+    return {"content": content}
+
+
+async def create_chat_completion(ctx: ServingContext, request: ChatCompletionRequest):
+    ctx.check_model(request.model)
+    if request.response_format and request.response_format.get("type") not in (None, "text"):
+        raise OpenAIError(400, "response_format other than text is not supported yet",
+                          "response_format")
+    prompt_ids = render_messages(
+        ctx, request.messages, add_generation_prompt=request.add_generation_prompt,
+        continue_final_message=request.continue_final_message, tools=request.tools,
+        chat_template=request.chat_template, chat_template_kwargs=request.chat_template_kwargs)
+    ctx.engine.engine.validate_prompt(prompt_ids)
+    params = request.to_sampling_params(ctx.sampling_defaults)
+    params.max_tokens = ctx.check_length(len(prompt_ids), params.max_tokens, "messages")
+    request_id = random_id("chatcmpl")
+    created = int(time.time())
+    stream = ctx.engine.generate(request_id, prompt_ids, params)
+    if request.stream:
+        return StreamingResponse(_stream(ctx, request, request_id, created, stream,
+                                         len(prompt_ids)), media_type="text/event-stream")
+    final: RequestOutput | None = None
+    async for _, output in merge([stream]):
+        final = output
+    prefix = ""
+    if request.echo and request.messages[-1].role == "assistant":
+        prefix = request.messages[-1].content or ""
+    choices = [{"index": c.index,
+                "message": {"role": "assistant", "content": prefix + c.text},
+                "logprobs": _logprobs(c, request.top_logprobs or 0), "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason} for c in final.outputs]
+    completion_tokens = sum(len(c.token_ids) for c in final.outputs)
+    return JSONResponse({
+        "id": request_id, "object": "chat.completion", "created": created,
+        "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint,
+        "choices": choices,
+        "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                  "total_tokens": len(prompt_ids) + completion_tokens}})
+
+
+async def _stream(ctx: ServingContext, request: ChatCompletionRequest, request_id: str,
+                  created: int, stream: AsyncIterator[RequestOutput],
+                  num_prompt_tokens: int) -> AsyncIterator[str]:
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+            "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint}
+    for index in range(request.n):  # the role comes first, once per choice
+        yield sse({**base, "choices": [{"index": index, "delta": {"role": "assistant",
+                                                                  "content": ""},
+                                        "logprobs": None, "finish_reason": None}]})
+    completion_tokens = 0
+    async for _, output in merge([stream]):
+        for completion in output.outputs:
+            completion_tokens += len(completion.token_ids)
+            delta = {"content": completion.text} if completion.text else {}
+            if not delta and completion.finish_reason is None:
+                continue
+            yield sse({**base, "choices": [{
+                "index": completion.index, "delta": delta, "logprobs": _logprobs(completion, request.top_logprobs or 0),
+                "finish_reason": completion.finish_reason,
+                "stop_reason": completion.stop_reason}]})
+    if request.stream_options and request.stream_options.include_usage:
+        yield sse({**base, "choices": [], "usage": {
+            "prompt_tokens": num_prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": num_prompt_tokens + completion_tokens}})
+    yield SSE_DONE

@@ -1,0 +1,54 @@
+"""`infernetes serve`: build the engine and the app, run uvicorn, drain on SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+logger = logging.getLogger(__name__)
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", help="the model name clients use (default: the "
+                                                "model folder's or file's name)")
+    g.add_argument("--api-key", action="append",
+                   help="require this key as a Bearer token on /v1 (repeatable; default: "
+                        "$INFERNETES_API_KEY or $VLLM_API_KEY)")
+    g.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may take to finish after SIGTERM")
+
+
+def api_keys(args: argparse.Namespace) -> list[str]:
+    if args.api_key:
+        return args.api_key
+    key = os.environ.get("INFERNETES_API_KEY") or os.environ.get("VLLM_API_KEY")
+    return [key] if key else []
+
+
+def run_server(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from infernetes.runtime.cli_args import engine_config_from_args
+    from infernetes.runtime.engine.async_engine import AsyncLLM
+    from infernetes.runtime.engine.llm_engine import LLMEngine
+    from infernetes.runtime.server.app import build_app
+    from infernetes.runtime.server.context import ServingContext
+
+    started = time.perf_counter()
+    config = engine_config_from_args(args, args.model)
+    config.served_model_name = args.served_model_name
+    engine = LLMEngine(config)
+    async_llm = AsyncLLM(engine)
+    ctx = ServingContext(async_llm, engine.served_model_name, api_keys(args))
+    app = build_app(ctx)
+    logger.info("serving %s on http://%s:%d/v1 (ready in %.1f s)", engine.served_model_name,
+                args.host, args.port, time.perf_counter() - started)
+    # uvicorn stops accepting on SIGTERM and waits for in-flight requests, up to the timeout.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=args.drain_timeout)
+    async_llm.shutdown()
+    return 0
