@@ -6,7 +6,8 @@ import logging
 import sys
 import time
 
-from infernetes.runtime.cli_args import add_engine_args, engine_config_from_args
+from infernetes.runtime.cli_args import (
+    add_compatibility_args, add_engine_args, check_compatibility_args, engine_config_from_args)
 from infernetes.runtime.config import ConfigError
 from infernetes.runtime.server.launch import add_server_args, run_server
 
@@ -42,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("model", nargs="?", metavar="MODEL")
     add_server_args(serve)
     add_engine_args(serve)
+    add_compatibility_args(serve)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return _generate(args) if args.command == "generate" else run_server(args)
+        if args.command == "generate":
+            return _generate(args)
+        check_compatibility_args(args)
+        return run_server(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"infernetes: error: {e}", file=sys.stderr)
         return 2

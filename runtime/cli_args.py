@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from infernetes.runtime.config import (
-    DTYPE_CHOICES, CacheConfig, EngineConfig, SchedulerConfig, parse_size)
+    DTYPE_CHOICES, CacheConfig, ConfigError, EngineConfig, SchedulerConfig, parse_size)
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -56,3 +56,40 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
         model=model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
         seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
         generation_config=args.generation_config, cache=cache, scheduler=scheduler)
+
+
+# vLLM flags that this version does not implement yet: accepted by the parser so that the error
+# names them and says why, instead of argparse's generic "unrecognized arguments".
+_NOT_YET = {
+    "--tensor-parallel-size": "tensor parallelism", "--pipeline-parallel-size":
+    "pipeline parallelism", "--enable-lora": "LoRA adapters", "--lora-modules": "LoRA adapters",
+    "--max-loras": "LoRA adapters", "--max-lora-rank": "LoRA adapters",
+    "--enable-auto-tool-choice": "tool calling", "--tool-call-parser": "tool calling",
+    "--reasoning-parser": "reasoning parsers", "--quantization": "quantized weights",
+    "--speculative-config": "speculative decoding", "--kv-cache-dtype": "KV-cache dtypes",
+}
+# vLLM flags whose meaning already holds here.
+_ACCEPTED = {
+    "--trust-remote-code": "only built-in architectures run; no remote code is executed",
+    "--enforce-eager": "the engine runs eagerly",
+    "--disable-log-requests": "requests are not logged",
+}
+
+
+def add_compatibility_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("vLLM compatibility")
+    for flag, feature in _NOT_YET.items():
+        g.add_argument(flag, nargs="?", const=True, default=None,
+                       help=f"not supported yet ({feature}): the server refuses to start")
+    for flag, why in _ACCEPTED.items():
+        g.add_argument(flag, action="store_true", help=f"accepted: {why}")
+
+
+def check_compatibility_args(args: argparse.Namespace) -> None:
+    """Refuse to start on a flag we cannot honour, naming it (a size-1 parallelism is fine)."""
+    for flag, feature in _NOT_YET.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is None or (flag.endswith("parallel-size") and str(value) == "1"):
+            continue
+        raise ConfigError(f"{flag} is not supported yet ({feature} is not implemented in "
+                          f"this version)")

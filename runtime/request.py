@@ -64,6 +64,8 @@ class Request:
     num_cached_tokens: int = -1
     num_preemptions: int = 0
     stop_reason: int | str | None = None
+    first_scheduled_time: float | None = None
+    last_token_time: float | None = None
     # Chained hashes of the request's full blocks, extended as tokens arrive.
     block_hashes: list[int] = field(default_factory=list)
 
@@ -91,6 +93,10 @@ class Request:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def lora_name(self) -> str:
+        return "" if self.lora_request is None else self.lora_request.lora_name
 
     @property
     def lora_id(self) -> int:

@@ -16,10 +16,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from infernetes.runtime.engine.llm_engine import LLMEngine
+from infernetes.runtime.engine.stats import IterationStats
 from infernetes.runtime.outputs import RequestOutput
 from infernetes.runtime.request import LoRARequest
 from infernetes.runtime.sampling_params import SamplingParams
@@ -40,9 +41,13 @@ class _Stream:
 
 
 class AsyncLLM:
-    def __init__(self, engine: LLMEngine, stall_seconds: float = 60.0):
+    def __init__(self, engine: LLMEngine, stall_seconds: float = 60.0,
+                 on_stats: Callable[[IterationStats], None] | None = None):
+        """on_stats: called in the engine thread with each step's IterationStats."""
         self.engine = engine
         self.stall_seconds = stall_seconds
+        self.on_stats = on_stats
+        engine.log_stats = on_stats is not None
         self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -83,8 +88,9 @@ class AsyncLLM:
         return (self.error is None and self._thread.is_alive()
                 and time.monotonic() - self.heartbeat < self.stall_seconds)
 
-    def num_unfinished(self) -> int:
-        return len(self._streams)
+    def num_waiting(self) -> int:
+        """Requests accepted and not yet running (read from the caller's thread: approximate)."""
+        return max(0, len(self._streams) - self.engine.scheduler.num_running)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -105,6 +111,8 @@ class AsyncLLM:
                 self._apply_commands(block=not busy)
                 if self.engine.has_unfinished_requests():
                     self._deliver(self.engine.step())
+                    if self.on_stats is not None:
+                        self.on_stats(self.engine.last_stats)
         except BaseException as e:  # the loop must report its death, whatever killed it
             logger.exception("engine loop died")
             self.error = e

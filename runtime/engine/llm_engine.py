@@ -12,6 +12,7 @@ from infernetes.runtime.engine.kv_cache_manager import KVCacheManager
 from infernetes.runtime.engine.model_runner import ModelRunner
 from infernetes.runtime.engine.output_processor import OutputProcessor, ParentRequest
 from infernetes.runtime.engine.scheduler import Scheduler
+from infernetes.runtime.engine.stats import IterationStats
 from infernetes.runtime.generation_config import read_generation_config
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.model_source import default_served_name, resolve_model_folder
@@ -54,6 +55,9 @@ class LLMEngine:
                                                cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache_manager, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.log_stats = False  # set by servers that export metrics
+        self.last_stats: IterationStats | None = None
+        self._prefix_seen = (0, 0)
         self.runner.warm_up()
         self.load_seconds = time.perf_counter() - started
         logger.info(
@@ -158,13 +162,28 @@ class LLMEngine:
     # -- the loop ---------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """One iteration; with `log_stats`, what it did is left in `last_stats`."""
+        stats = IterationStats() if self.log_stats else None
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.execute_model(scheduler_output)
         updates = self.scheduler.update_from_output(scheduler_output, runner_output)
-        outputs, stopped = self.output_processor.process(updates)
+        outputs, stopped = self.output_processor.process(updates, stats)
         if stopped:
             self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        if stats is not None:
+            self._fill_scheduler_stats(stats, len(scheduler_output.preempted_request_ids))
+            self.last_stats = stats
         return outputs
+
+    def _fill_scheduler_stats(self, stats: IterationStats, num_preemptions: int) -> None:
+        prefix = self.kv_cache_manager.prefix_cache_stats
+        stats.num_running = self.scheduler.num_running
+        stats.num_waiting = self.scheduler.num_waiting
+        stats.kv_cache_usage = self.kv_cache_manager.usage()
+        stats.num_preemptions = num_preemptions
+        stats.prefix_cache_queries = prefix.queries - self._prefix_seen[0]
+        stats.prefix_cache_hits = prefix.hits - self._prefix_seen[1]
+        self._prefix_seen = (prefix.queries, prefix.hits)
 
 
 def _read_chat_template(value: str | None) -> str | None:

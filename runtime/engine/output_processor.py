@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from infernetes.runtime.engine.detokenizer import IncrementalDetokenizer
 from infernetes.runtime.engine.scheduler import RequestUpdate
+from infernetes.runtime.engine.stats import FinishedRequestStats, IterationStats
 from infernetes.runtime.outputs import CompletionOutput, Logprob, LogprobsAtPosition, RequestOutput
 from infernetes.runtime.request import RequestStatus
 from infernetes.runtime.sampling_params import RequestOutputKind, SamplingParams
@@ -73,8 +74,10 @@ class OutputProcessor:
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids,
                              parent.completions, True, num_cached_tokens=parent.num_cached_tokens)
 
-    def process(self, updates: list[RequestUpdate]) -> tuple[list[RequestOutput], list[str]]:
-        """-> (outputs to hand out, child ids stopped by a stop string: finish them)."""
+    def process(self, updates: list[RequestUpdate], stats: IterationStats | None = None
+                ) -> tuple[list[RequestOutput], list[str]]:
+        """-> (outputs to hand out, child ids stopped by a stop string: finish them).
+        Timings and token counts go into `stats` when given."""
         touched: dict[str, tuple[ParentRequest, set[int]]] = {}
         stopped: list[str] = []
         now = time.monotonic()
@@ -87,6 +90,8 @@ class OutputProcessor:
             if parent.first_token_time is None:
                 parent.first_token_time = now
                 parent.num_cached_tokens = max(request.num_cached_tokens, 0)
+            if stats is not None:
+                _record_token_timing(stats, request, len(update.new_token_ids), now)
             state.token_ids.extend(update.new_token_ids)
             self._record_logprobs(state, update)
             finished = update.finished
@@ -107,6 +112,11 @@ class OutputProcessor:
                 completion.stop_reason = request.stop_reason
                 parent.num_finished += 1
                 del self.sequences[request.request_id]
+                if stats is not None:
+                    stats.finished.append(FinishedRequestStats(
+                        status.finish_reason, request.lora_name, request.num_prompt_tokens,
+                        request.num_output_tokens, now - request.arrival_time,
+                        (request.first_scheduled_time or now) - request.arrival_time))
             touched.setdefault(parent.request_id, (parent, set()))[1].add(state.index)
         outputs = [out for parent, indices in touched.values()
                    if (out := self._output(parent, indices)) is not None]
@@ -163,6 +173,17 @@ class OutputProcessor:
         if state.logprobs is not None:
             completion.cumulative_logprob = state.cumulative_logprob
         return completion
+
+
+def _record_token_timing(stats: IterationStats, request, num_new_tokens: int,
+                         now: float) -> None:
+    stats.num_generation_tokens += num_new_tokens
+    if request.last_token_time is None:
+        stats.num_prompt_tokens += request.num_prompt_tokens
+        stats.time_to_first_token.append((request.lora_name, now - request.arrival_time))
+    else:
+        stats.inter_token_latency.append((request.lora_name, now - request.last_token_time))
+    request.last_token_time = now
 
 
 def _copy(c: CompletionOutput) -> CompletionOutput:

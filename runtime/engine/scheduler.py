@@ -9,6 +9,7 @@ survive in the prefix cache). No request is ever dropped.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class Scheduler:
             request.num_computed_tokens = num_cached
             if request.num_cached_tokens < 0:  # first admission: count the prefix lookup once
                 request.num_cached_tokens = num_cached
+                request.first_scheduled_time = time.monotonic()
                 self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             request.status = RequestStatus.RUNNING
             self.running.append(request)

@@ -38,6 +38,12 @@ def build_app(ctx: ServingContext) -> FastAPI:
             return Response(status_code=200)
         return error_response(503, "the engine loop is not making progress")
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if ctx.metrics is None:
+            return error_response(404, "metrics are disabled")
+        return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
+
     @app.get("/version")
     async def version() -> dict:
         return {"version": __version__}

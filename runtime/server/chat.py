@@ -67,6 +67,7 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
     ctx.engine.engine.validate_prompt(prompt_ids)
     params = request.to_sampling_params(ctx.sampling_defaults)
     params.max_tokens = ctx.check_length(len(prompt_ids), params.max_tokens, "messages")
+    ctx.admit()
     request_id = random_id("chatcmpl")
     created = int(time.time())
     stream = ctx.engine.generate(request_id, prompt_ids, params)

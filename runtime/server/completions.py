@@ -55,6 +55,7 @@ async def create_completion(ctx: ServingContext, request: CompletionRequest):
         params = request.to_sampling_params(ctx.sampling_defaults)
         params.max_tokens = max_tokens
         params_per_prompt.append(params)
+    ctx.admit(len(prompts))
     request_id = random_id("cmpl")
     created = int(time.time())
     streams = [ctx.engine.generate(f"{request_id}-{i}", token_ids, params)

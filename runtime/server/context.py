@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from infernetes.runtime.engine.async_engine import AsyncLLM
 from infernetes.runtime.server.errors import OpenAIError
+from infernetes.runtime.server.metrics import Metrics
 from infernetes.runtime.tokenizer import Tokenizer
 
 
@@ -13,6 +14,8 @@ class ServingContext:
     engine: AsyncLLM
     served_model_name: str
     api_keys: list[str] = field(default_factory=list)
+    metrics: Metrics | None = None
+    max_num_queued_requests: int | None = None  # beyond it: 503 with Retry-After
     system_fingerprint: str = "infernetes-0.1.0"
 
     @property
@@ -26,6 +29,15 @@ class ServingContext:
     @property
     def sampling_defaults(self) -> dict:
         return self.engine.engine.default_sampling
+
+    def admit(self, num_requests: int = 1) -> None:
+        """503 when the waiting queue is full, so clients back off instead of piling up."""
+        limit = self.max_num_queued_requests
+        if limit is not None and self.engine.num_waiting() + num_requests > limit:
+            if self.metrics is not None:
+                self.metrics.reject("queue_full")
+            raise OpenAIError(503, f"the server is at its queue limit of {limit} waiting "
+                                   f"requests; retry later", headers={"Retry-After": "1"})
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.served_model_name:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import time
 
 logger = logging.getLogger(__name__)
@@ -18,6 +19,9 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", action="append",
                    help="require this key as a Bearer token on /v1 (repeatable; default: "
                         "$INFERNETES_API_KEY or $VLLM_API_KEY)")
+    g.add_argument("--max-num-queued-requests", type=int,
+                   help="waiting requests beyond which new ones get 503 with Retry-After "
+                        "(default: no limit)")
     g.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
 
@@ -30,6 +34,9 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    if args.max_num_queued_requests is not None and args.max_num_queued_requests < 0:
+        raise ValueError(f"--max-num-queued-requests must be non-negative, got "
+                         f"{args.max_num_queued_requests}")
     import uvicorn
 
     from infernetes.runtime.cli_args import engine_config_from_args
@@ -37,18 +44,38 @@ def run_server(args: argparse.Namespace) -> int:
     from infernetes.runtime.engine.llm_engine import LLMEngine
     from infernetes.runtime.server.app import build_app
     from infernetes.runtime.server.context import ServingContext
+    from infernetes.runtime.server.metrics import Metrics
 
     started = time.perf_counter()
     config = engine_config_from_args(args, args.model)
     config.served_model_name = args.served_model_name
     engine = LLMEngine(config)
-    async_llm = AsyncLLM(engine)
-    ctx = ServingContext(async_llm, engine.served_model_name, api_keys(args))
+    metrics = Metrics(engine.served_model_name)
+    async_llm = AsyncLLM(engine, on_stats=metrics.record)
+    ctx = ServingContext(async_llm, engine.served_model_name, api_keys(args), metrics,
+                         args.max_num_queued_requests)
     app = build_app(ctx)
     logger.info("serving %s on http://%s:%d/v1 (ready in %.1f s)", engine.served_model_name,
                 args.host, args.port, time.perf_counter() - started)
-    # uvicorn stops accepting on SIGTERM and waits for in-flight requests, up to the timeout.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=args.drain_timeout)
+    server = _draining_server_class()(uvicorn.Config(app, host=args.host, port=args.port,
+                                            log_level="info",
+                                            timeout_graceful_shutdown=args.drain_timeout))
+    server.run()
     async_llm.shutdown()
     return 0
+
+
+def _draining_server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn stops accepting on SIGTERM and waits for in-flight requests (up to the
+        drain timeout), then re-raises the signal; a drained SIGTERM is an orderly stop here,
+        so the process exits 0, as Kubernetes expects of a terminated pod."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:
+                self._captured_signals.remove(sig)
+
+    return DrainingServer

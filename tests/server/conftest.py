@@ -37,17 +37,21 @@ class LiveServer:
         self.ctx.engine.shutdown()
 
 
-def start_server(api_keys: list[str] | None = None, **engine_kwargs) -> LiveServer:
+def start_server(api_keys: list[str] | None = None, max_num_queued_requests: int | None = None,
+                 **engine_kwargs) -> LiveServer:
     from infernetes.runtime.config import CacheConfig, EngineConfig, SchedulerConfig
     from infernetes.runtime.engine.async_engine import AsyncLLM
     from infernetes.runtime.engine.llm_engine import LLMEngine
     from infernetes.runtime.server.app import build_app
     from infernetes.runtime.server.context import ServingContext
+    from infernetes.runtime.server.metrics import Metrics
     engine = LLMEngine(EngineConfig(
         dtype="float32", max_model_len=2048,
         cache=CacheConfig(kv_cache_memory=engine_kwargs.pop("kv_cache_memory", 256 << 20)),
         scheduler=SchedulerConfig(**engine_kwargs)))
-    ctx = ServingContext(AsyncLLM(engine), engine.served_model_name, api_keys or [])
+    metrics = Metrics(engine.served_model_name)
+    ctx = ServingContext(AsyncLLM(engine, on_stats=metrics.record), engine.served_model_name,
+                         api_keys or [], metrics, max_num_queued_requests)
     return LiveServer(ctx, build_app(ctx))
 
 
