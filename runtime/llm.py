@@ -83,7 +83,7 @@ class LLM:
             text = tokenizer.apply_chat_template(
                 conversation, add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message, tools=tools,
-                chat_template=chat_template, **(chat_template_kwargs or {}))
+                chat_template=chat_template, template_kwargs=chat_template_kwargs)
             prompts.append(tokenizer.encode(text, add_special_tokens=False))
         return self._run(prompts, sampling_params)
 

@@ -76,8 +76,12 @@ class SamplingParams:
         for name, ok, message in checks:
             if not ok:
                 raise ValueError(f"{name} {message}, got {getattr(self, name)!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not
+                                      -2**63 <= self.seed <= 2**63 - self.n):
+            raise ValueError(f"seed must be a 64-bit signed integer (leaving room for n "
+                             f"samples), got {self.seed!r}")
+        if self.top_k > 2**31 or any(t >= 2**63 for t in self.stop_token_ids):
+            raise ValueError("top_k and stop_token_ids must be within the vocabulary's range")
 
     @property
     def greedy(self) -> bool:

@@ -6,6 +6,7 @@ token for token without importing transformers at serving time.
 """
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -49,14 +50,24 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError as e:  # e.g. a lone UTF-16 surrogate, which no tokenizer accepts
+            raise ValueError(f"the text cannot be tokenized: {e}") from e
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             continue_final_message: bool = False, tools: list | None = None,
-                            chat_template: str | None = None, **kwargs) -> str:
+                            chat_template: str | None = None,
+                            template_kwargs: dict | None = None) -> str:
+        """template_kwargs: extra variables for the template (chat_template_kwargs); they may
+        not replace the ones this method sets."""
+        template_kwargs = template_kwargs or {}
+        reserved = sorted(set(template_kwargs) & _RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise ChatTemplateError(f"chat_template_kwargs may not set {', '.join(reserved)}")
         template = chat_template or self.chat_template
         if template is None:
             raise ChatTemplateError(
@@ -67,7 +78,8 @@ class Tokenizer:
         try:
             text = _compile(template).render(
                 messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+                bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                **template_kwargs)
         except ChatTemplateError:
             raise
         except Exception as e:  # the template rejected the messages
@@ -87,25 +99,25 @@ def _token_text(token) -> str | None:
     return token
 
 
-_TEMPLATES: dict[str, object] = {}
+_RESERVED_TEMPLATE_VARIABLES = frozenset({
+    "messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
+    "continue_final_message", "chat_template"})
 
 
+@functools.lru_cache(maxsize=32)  # requests may bring their own templates: keep a few
 def _compile(template: str):
-    compiled = _TEMPLATES.get(template)
-    if compiled is None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        def raise_exception(message):
-            raise ChatTemplateError(message)
+    def raise_exception(message):
+        raise ChatTemplateError(message)
 
-        def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-            return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
-                              separators=separators, sort_keys=sort_keys)
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                          separators=separators, sort_keys=sort_keys)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = tojson
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        compiled = _TEMPLATES[template] = env.from_string(template)
-    return compiled
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)

@@ -65,6 +65,7 @@ class AsyncLLM:
         self._check_alive()
         prompt_token_ids = self.engine.encode_prompt(prompt)
         self.engine.validate_prompt(prompt_token_ids)
+        self.engine.validate_params(params)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         self._commands.put(("add", request_id, prompt_token_ids, params, lora_request))

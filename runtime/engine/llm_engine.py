@@ -132,12 +132,19 @@ class LLMEngine:
                 f"context length is {self.max_model_len} tokens, which leaves no room to "
                 f"generate")
 
+    def validate_params(self, params: SamplingParams) -> None:
+        vocab = self.arch.vocab_size
+        bad = [t for t in params.stop_token_ids if t >= vocab]
+        if bad:
+            raise ValueError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     lora_request: LoRARequest | None = None) -> None:
         if request_id in self.output_processor.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_token_ids = self.encode_prompt(prompt)
         self.validate_prompt(prompt_token_ids)
+        self.validate_params(params)
         params = params.with_eos(self.eos_token_ids)
         prompt_text = prompt if isinstance(prompt, str) else None
         completions = [CompletionOutput(i, "", [], None, None) for i in range(params.n)]

@@ -73,9 +73,9 @@ def _sample_random(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
     logits = logits / torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
     if any(p.top_k for p in params):
         vocab = logits.shape[1]
-        k = torch.tensor([p.top_k if p.top_k else vocab for p in params], device=device)
-        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k.clamp(max=vocab) - 1)
-                                                                 .unsqueeze(1))
+        k = torch.tensor([min(p.top_k, vocab) if p.top_k else vocab for p in params],
+                         device=device)
+        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if any(p.top_p < 1.0 for p in params):
         top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)

@@ -23,20 +23,27 @@ def render_messages(ctx: ServingContext, messages: list[ChatMessage], *,
     conversation = []
     for message in messages:
         item = message.model_dump(exclude_none=True)
-        if isinstance(message.content, list):  # content parts: keep the text ones
-            texts = []
-            for part in message.content:
-                if part.get("type") != "text":
-                    raise OpenAIError(400, f"content part type {part.get('type')!r} is not "
-                                           f"supported; only text", "messages")
-                texts.append(part.get("text", ""))
-            item["content"] = "\n".join(texts)
+        if isinstance(message.content, list):
+            item["content"] = message_text(message)
         conversation.append(item)
     text = ctx.tokenizer.apply_chat_template(
         conversation, add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message, tools=tools,
-        chat_template=chat_template, **(chat_template_kwargs or {}))
+        chat_template=chat_template, template_kwargs=chat_template_kwargs)
     return ctx.tokenizer.encode(text, add_special_tokens=False)
+
+
+def message_text(message: ChatMessage) -> str:
+    """A message's content as text: content parts must all be text parts."""
+    if not isinstance(message.content, list):
+        return message.content or ""
+    texts = []
+    for part in message.content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise OpenAIError(400, f"content parts must be {{'type': 'text', 'text': str}}; "
+                                   f"got {str(part)[:80]}", "messages")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _logprobs(completion: CompletionOutput, top_k: int) -> dict | None:
@@ -79,7 +86,7 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
         final = output
     prefix = ""
     if request.echo and request.messages[-1].role == "assistant":
-        prefix = request.messages[-1].content or ""
+        prefix = message_text(request.messages[-1])
     choices = [{"index": c.index,
                 "message": {"role": "assistant", "content": prefix + c.text},
                 "logprobs": _logprobs(c, request.top_logprobs or 0), "finish_reason": c.finish_reason,

@@ -6,12 +6,14 @@ from http import HTTPStatus
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infernetes.runtime.engine.async_engine import EngineDeadError
 from infernetes.runtime.tokenizer import ChatTemplateError
 
 _TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-          503: "ServiceUnavailableError", 500: "InternalServerError"}
+          405: "MethodNotAllowedError", 503: "ServiceUnavailableError",
+          500: "InternalServerError"}
 
 
 class OpenAIError(Exception):
@@ -42,6 +44,12 @@ def install_error_handlers(app) -> None:
         param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        # Unknown paths, wrong methods, bodies that are not JSON: OpenAI's shape too.
+        detail = e.detail if isinstance(e.detail, str) else HTTPStatus(e.status_code).phrase
+        return error_response(e.status_code, detail, headers=getattr(e, "headers", None))
 
     @app.exception_handler(ValueError)
     async def _value(_: Request, e: ValueError):

@@ -129,3 +129,16 @@ def test_tokenize_detokenize_health_version(server, smollm2):
     assert httpx.get(f"{server.url}/health").status_code == 200
     assert httpx.get(f"{server.url}/version").json()["version"]
     assert httpx.get(f"{server.url}/openapi.json").status_code == 200
+
+
+def test_continue_final_message_and_template_kwargs(client, smollm2):
+    partial = QUESTION + [{"role": "assistant", "content": "The capital of France is"}]
+    reply = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=partial, temperature=0, max_tokens=6,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False,
+                    "echo": True, "chat_template_kwargs": {"unused_flag": True}})
+    text = reply.choices[0].message.content
+    assert text.startswith("The capital of France is") and "Paris" in text
+    offline = smollm2.chat(partial, SamplingParams(temperature=0, max_tokens=6),
+                           add_generation_prompt=False, continue_final_message=True)[0]
+    assert text == "The capital of France is" + offline.outputs[0].text
