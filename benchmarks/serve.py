@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="requests/s, Poisson arrivals (default inf: all at once)")
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (greedy) matches benchmarks/throughput.py's offline workload")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--output-json", default=None)
@@ -79,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_payload(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     body: dict[str, Any] = {"model": args.model, "max_tokens": args.output_len,
+                            "temperature": args.temperature,
                             "ignore_eos": True, "stream": True,
                             "stream_options": {"include_usage": True}}
     if args.endpoint == "chat":
