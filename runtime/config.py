@@ -126,6 +126,12 @@ class EngineConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
+    @property
+    def resolved_served_model_name(self) -> str:
+        """--served-model-name, else a name derived from the model path or hub id."""
+        from infernetes.runtime.model_source import default_served_name
+        return self.served_model_name or default_served_name(self.model)
+
     def torch_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")

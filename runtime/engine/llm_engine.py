@@ -15,7 +15,7 @@ from infernetes.runtime.engine.scheduler import Scheduler
 from infernetes.runtime.engine.stats import IterationStats
 from infernetes.runtime.generation_config import read_generation_config
 from infernetes.runtime.model_config import ModelArchConfig
-from infernetes.runtime.model_source import default_served_name, resolve_model_folder
+from infernetes.runtime.model_source import resolve_model_folder
 from infernetes.runtime.outputs import CompletionOutput, RequestOutput
 from infernetes.runtime.request import LoRARequest, Request, RequestStatus
 from infernetes.runtime.sampling_params import SamplingParams
@@ -35,7 +35,7 @@ class LLMEngine:
         self.arch = ModelArchConfig.from_folder(self.model_folder)
         self.dtype = resolve_dtype(config.dtype, self.arch.torch_dtype, self.device)
         self.max_model_len = self._max_model_len()
-        self.served_model_name = config.served_model_name or default_served_name(config.model)
+        self.served_model_name = config.resolved_served_model_name
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer(
             Path(config.tokenizer or self.model_folder), _read_chat_template(config.chat_template))
         generation = read_generation_config(config.generation_config, self.model_folder)
@@ -137,6 +137,11 @@ class LLMEngine:
         bad = [t for t in params.stop_token_ids if t >= vocab]
         if bad:
             raise ValueError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value > vocab:
+                raise ValueError(f"{name} must be at most the vocabulary size {vocab}, got "
+                                 f"{value}")
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     lora_request: LoRARequest | None = None) -> None:

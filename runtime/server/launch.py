@@ -49,13 +49,13 @@ def run_server(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = engine_config_from_args(args, args.model)
     config.served_model_name = args.served_model_name
-    engine = LLMEngine(config)
-    metrics = Metrics(engine.served_model_name)
-    async_llm = AsyncLLM(engine, on_stats=metrics.record)
-    ctx = ServingContext(async_llm, engine.served_model_name, api_keys(args), metrics,
+    served_model_name = config.resolved_served_model_name
+    metrics = Metrics(served_model_name)
+    async_llm = AsyncLLM(lambda: LLMEngine(config), on_stats=metrics.record)
+    ctx = ServingContext(async_llm, served_model_name, api_keys(args), metrics,
                          args.max_num_queued_requests)
     app = build_app(ctx)
-    logger.info("serving %s on http://%s:%d/v1 (ready in %.1f s)", engine.served_model_name,
+    logger.info("serving %s on http://%s:%d/v1 (ready in %.1f s)", served_model_name,
                 args.host, args.port, time.perf_counter() - started)
     server = _draining_server_class()(uvicorn.Config(app, host=args.host, port=args.port,
                                             log_level="info",

@@ -45,13 +45,14 @@ def start_server(api_keys: list[str] | None = None, max_num_queued_requests: int
     from infernetes.runtime.server.app import build_app
     from infernetes.runtime.server.context import ServingContext
     from infernetes.runtime.server.metrics import Metrics
-    engine = LLMEngine(EngineConfig(
-        dtype="float32", max_model_len=2048,
+    config = EngineConfig(
+        dtype="float32", max_model_len=engine_kwargs.pop("max_model_len", 2048),
         cache=CacheConfig(kv_cache_memory=engine_kwargs.pop("kv_cache_memory", 256 << 20)),
-        scheduler=SchedulerConfig(**engine_kwargs)))
-    metrics = Metrics(engine.served_model_name)
-    ctx = ServingContext(AsyncLLM(engine, on_stats=metrics.record), engine.served_model_name,
-                         api_keys or [], metrics, max_num_queued_requests)
+        scheduler=SchedulerConfig(**engine_kwargs))
+    metrics = Metrics(config.resolved_served_model_name)
+    ctx = ServingContext(AsyncLLM(lambda: LLMEngine(config), on_stats=metrics.record),
+                         config.resolved_served_model_name, api_keys or [], metrics,
+                         max_num_queued_requests)
     return LiveServer(ctx, build_app(ctx))
 
 
