@@ -10,7 +10,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from infernetes.runtime.outputs import LogprobsAtPosition
+from infernetes.runtime.engine.scheduler_output import SampledToken
 from infernetes.runtime.sampling_params import SamplingParams
 
 
@@ -56,9 +56,9 @@ class Request:
     lora_request: LoRARequest | None = None
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
-    # Top logprobs of each output token, when sampling_params.logprobs is set.
-    output_logprobs: list[LogprobsAtPosition] = field(default_factory=list)
-    cumulative_logprob: float = 0.0
+    # When sampling_params.prompt_logprobs is set: entry j is prompt token j + 1 as predicted at
+    # position j, filled chunk by chunk during the first prefill.
+    prompt_logprobs: list[SampledToken] = field(default_factory=list)
     num_computed_tokens: int = 0
     # Prompt tokens found in the prefix cache when the request was first scheduled.
     num_cached_tokens: int = -1
@@ -80,6 +80,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        return (self.sampling_params.prompt_logprobs is not None
+                and len(self.prompt_logprobs) < len(self.prompt_token_ids) - 1)
 
     def token_ids(self, start: int, end: int) -> list[int]:
         """Tokens [start, end) of prompt + output, without copying the whole sequence."""

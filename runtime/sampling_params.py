@@ -35,6 +35,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     logprobs: int | None = None  # top alternatives per sampled token (the sampled one is extra)
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # Filled by the engine from the model: tokens that end generation besides stop_token_ids.
@@ -68,6 +69,8 @@ class SamplingParams:
             ("min_tokens", self.max_tokens is None or self.min_tokens <= self.max_tokens,
              "must be less than or equal to max_tokens"),
             ("logprobs", self.logprobs is None or self.logprobs >= 0, "must be non-negative"),
+            ("prompt_logprobs", self.prompt_logprobs is None or self.prompt_logprobs >= 0,
+             "must be non-negative"),
             ("stop", all(isinstance(s, str) and s for s in self.stop),
              "must be non-empty strings"),
             ("stop_token_ids", all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),

@@ -14,14 +14,17 @@ import torch
 
 from infernetes.kernels.paged_attention import decode_key_mask, kv_store_index
 from infernetes.runtime.engine.scheduler_output import (
-    ModelRunnerOutput, ScheduledRequest, SchedulerOutput)
+    ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput)
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
+from infernetes.runtime.layers.logprobs import token_logprobs
 from infernetes.runtime.layers.sampler import SamplingRow, sample
 from infernetes.runtime.loader import load_weights
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.models import model_class
 
 logger = logging.getLogger(__name__)
+
+_PROMPT_LOGPROBS_SLICE = 512  # positions whose [vocab] logits are held at once
 
 
 class ModelRunner:
@@ -101,15 +104,41 @@ class ModelRunner:
         items = sorted(scheduler_output.scheduled, key=lambda s: not _is_decode(s))
         input_ids, positions, meta, logits_index = self._prepare(items)
         hidden = self.model(input_ids, positions, meta)
+        prompt_logprobs = self._prompt_logprobs(items, hidden)
         sampling = [s for s in items if s.sample]
         if not sampling:
-            return ModelRunnerOutput({})
+            return ModelRunnerOutput({}, prompt_logprobs)
         index = torch.tensor(logits_index, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index)).float()
         rows = [SamplingRow(s.sampling_params, s.prompt_token_ids, s.output_token_ids,
                             self._generator(s)) for s in sampling]
         sampled = sample(logits, rows)
-        return ModelRunnerOutput({s.request_id: t for s, t in zip(sampling, sampled)})
+        return ModelRunnerOutput({s.request_id: t for s, t in zip(sampling, sampled)},
+                                 prompt_logprobs)
+
+    def _prompt_logprobs(self, items: list[ScheduledRequest], hidden: torch.Tensor
+                         ) -> dict[str, list[SampledToken]]:
+        """Score prompt tokens by the logits of the positions before them, in slices so that
+        a long chunk never holds [tokens, vocab] logits at once."""
+        out: dict[str, list[SampledToken]] = {}
+        token_start = 0
+        for item in items:
+            first = item.prompt_logprobs_start
+            end = min(item.start_position + len(item.token_ids),
+                      len(item.prompt_token_ids) - 1)
+            if first >= 0:
+                scored: list[SampledToken] = []
+                num_top = item.sampling_params.prompt_logprobs
+                for lo in range(first, end, _PROMPT_LOGPROBS_SLICE):
+                    hi = min(lo + _PROMPT_LOGPROBS_SLICE, end)
+                    rows = hidden[token_start + lo - item.start_position:
+                                  token_start + hi - item.start_position]
+                    logits = self.model.compute_logits(rows).float()
+                    scored += token_logprobs(logits, item.prompt_token_ids[lo + 1:hi + 1],
+                                             [num_top] * (hi - lo))
+                out[item.request_id] = scored
+            token_start += len(item.token_ids)
+        return out
 
     def _generator(self, item: ScheduledRequest) -> torch.Generator | None:
         seed = item.sampling_params.seed

@@ -3,10 +3,12 @@ n samples of a request, and produce cumulative, delta or final-only outputs."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from infernetes.runtime.engine.detokenizer import IncrementalDetokenizer
 from infernetes.runtime.engine.scheduler import RequestUpdate
+from infernetes.runtime.engine.scheduler_output import SampledToken
 from infernetes.runtime.engine.stats import FinishedRequestStats, IterationStats
 from infernetes.runtime.outputs import CompletionOutput, Logprob, LogprobsAtPosition, RequestOutput
 from infernetes.runtime.request import RequestStatus
@@ -26,6 +28,7 @@ class ParentRequest:
     num_cached_tokens: int = 0
     num_finished: int = 0
     first_token_time: float | None = None
+    prompt_logprobs: list[LogprobsAtPosition | None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -90,6 +93,10 @@ class OutputProcessor:
             if parent.first_token_time is None:
                 parent.first_token_time = now
                 parent.num_cached_tokens = max(request.num_cached_tokens, 0)
+                if parent.params.prompt_logprobs is not None:
+                    decode = _token_decoder(state)
+                    parent.prompt_logprobs = [None] + [_position(s, decode)
+                                                       for s in request.prompt_logprobs]
             if stats is not None:
                 _record_token_timing(stats, request, len(update.new_token_ids), now)
             state.token_ids.extend(update.new_token_ids)
@@ -128,16 +135,10 @@ class OutputProcessor:
     def _record_logprobs(self, state: SequenceState, update: RequestUpdate) -> None:
         if state.logprobs is None:
             return
+        decode = _token_decoder(state)
         for sample in update.new_samples:
             state.cumulative_logprob += sample.logprob
-            decode = (state.detokenizer.decode_token if state.detokenizer
-                      else lambda _: None)
-            position = {sample.token_id: Logprob(sample.logprob, sample.rank,
-                                                 decode(sample.token_id))}
-            for rank, (token_id, logprob) in enumerate(sample.top_logprobs or (), start=1):
-                if token_id not in position:
-                    position[token_id] = Logprob(logprob, rank, decode(token_id))
-            state.logprobs.append(position)
+            state.logprobs.append(_position(sample, decode))
 
     def _output(self, parent: ParentRequest, indices: set[int]) -> RequestOutput | None:
         """indices: the samples this step advanced; a delta output carries only those."""
@@ -153,6 +154,7 @@ class OutputProcessor:
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids,
                              completions, parent.finished,
                              num_cached_tokens=parent.num_cached_tokens,
+                             prompt_logprobs=parent.prompt_logprobs,
                              metrics={"arrival_time": parent.arrival_time,
                                       "first_token_time": parent.first_token_time or 0.0})
 
@@ -173,6 +175,19 @@ class OutputProcessor:
         if state.logprobs is not None:
             completion.cumulative_logprob = state.cumulative_logprob
         return completion
+
+
+def _token_decoder(state: SequenceState) -> Callable[[int], str | None]:
+    return state.detokenizer.decode_token if state.detokenizer else lambda _: None
+
+
+def _position(sample: SampledToken, decode: Callable[[int], str | None]) -> LogprobsAtPosition:
+    """The chosen token and the top alternatives at one position."""
+    position = {sample.token_id: Logprob(sample.logprob, sample.rank, decode(sample.token_id))}
+    for rank, (token_id, logprob) in enumerate(sample.top_logprobs or (), start=1):
+        if token_id not in position:
+            position[token_id] = Logprob(logprob, rank, decode(token_id))
+    return position
 
 
 def _record_token_timing(stats: IterationStats, request, num_new_tokens: int,

@@ -100,7 +100,9 @@ class Scheduler:
         while (self.waiting and budget > 0 and not preempted
                and len(self.running) < self.config.max_num_seqs):
             request = self.waiting[0]
-            computed_blocks, num_cached = self.kv.get_computed_blocks(request)
+            # Prompt logprobs need the logits of every prompt position: no prefix-cache hit.
+            computed_blocks, num_cached = (([], 0) if request.needs_prompt_logprobs
+                                           else self.kv.get_computed_blocks(request))
             num_new = request.num_tokens - num_cached
             if num_new > budget and not self.config.enable_chunked_prefill:
                 break
@@ -132,6 +134,8 @@ class Scheduler:
         for item in scheduler_output.scheduled:
             request = self.requests[item.request_id]
             request.num_computed_tokens += len(item.token_ids)
+            if item.prompt_logprobs_start >= 0:
+                request.prompt_logprobs.extend(runner_output.prompt_logprobs[item.request_id])
             if not item.sample:
                 continue
             sample = runner_output.sampled[item.request_id]
@@ -158,6 +162,7 @@ class Scheduler:
             prompt_token_ids=request.prompt_token_ids,
             output_token_ids=request.output_token_ids,
             lora_id=request.lora_id,
+            prompt_logprobs_start=_prompt_logprobs_start(request, start, start + num_new),
         )
 
     def _preempt(self, request: Request) -> None:
@@ -187,3 +192,10 @@ class Scheduler:
         self.kv.free(request)
         del self.requests[request.request_id]
         self._finished_since_last_step.append(request.request_id)
+
+
+def _prompt_logprobs_start(request: Request, start: int, end: int) -> int:
+    """Where this chunk's prompt logprobs begin, or -1 when it has none left to report (a
+    recompute after preemption scores nothing twice)."""
+    have = len(request.prompt_logprobs)
+    return have if request.needs_prompt_logprobs and start <= have < end else -1

@@ -21,6 +21,9 @@ class ScheduledRequest:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     lora_id: int = 0
+    # When >= 0: also score prompt tokens from position prompt_logprobs_start + 1 up to the end
+    # of the chunk, each by the logits of the position before it (sampling_params.prompt_logprobs).
+    prompt_logprobs_start: int = -1
 
 
 @dataclass(slots=True)
@@ -48,3 +51,5 @@ class SampledToken:
 @dataclass(slots=True)
 class ModelRunnerOutput:
     sampled: dict[str, SampledToken]
+    # request id -> the chunk's prompt tokens after the first, scored by the position before each.
+    prompt_logprobs: dict[str, list[SampledToken]] = field(default_factory=dict)

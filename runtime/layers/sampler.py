@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from infernetes.runtime.engine.scheduler_output import SampledToken
+from infernetes.runtime.layers.logprobs import token_logprobs
 from infernetes.runtime.layers.penalties import apply_penalties, block_tokens
 from infernetes.runtime.sampling_params import SamplingParams
 
@@ -29,8 +30,9 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampledToken]:
     """logits: [B, V] float32, one row per entry of `rows` (modified in place)."""
     params = [r.params for r in rows]
     device = logits.device
-    want_logprobs = any(p.logprobs is not None for p in params)
-    raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+    logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+    # Before penalties change the logits in place.
+    raw_logits = logits[logprob_rows] if logprob_rows else None
 
     if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty
            for p in params):
@@ -52,19 +54,12 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampledToken]:
         token_ids[index] = _sample_random(logits[index], [rows[i] for i in random_rows])
 
     token_list = token_ids.tolist()
-    out = []
-    for i, (token_id, p) in enumerate(zip(token_list, params)):
-        if raw_logprobs is None or p.logprobs is None:
-            out.append(SampledToken(token_id, float("nan")))
-            continue
-        row_logprobs = raw_logprobs[i]
-        logprob = row_logprobs[token_id].item()
-        rank = int((row_logprobs > logprob).sum().item()) + 1
-        top = None
-        if p.logprobs > 0:
-            values, ids = row_logprobs.topk(p.logprobs)
-            top = list(zip(ids.tolist(), values.tolist()))
-        out.append(SampledToken(token_id, logprob, top, rank))
+    out = [SampledToken(token_id, float("nan")) for token_id in token_list]
+    if raw_logits is not None:
+        reported = token_logprobs(raw_logits, [token_list[i] for i in logprob_rows],
+                                  [params[i].logprobs for i in logprob_rows])
+        for i, token in zip(logprob_rows, reported):
+            out[i] = token
     return out
 
 

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from infernetes.runtime.outputs import CompletionOutput, RequestOutput
 from infernetes.runtime.server.context import ServingContext
 from infernetes.runtime.server.errors import OpenAIError
+from infernetes.runtime.server.prompt_logprobs import prompt_logprobs_json
 from infernetes.runtime.server.protocol import ChatCompletionRequest, ChatMessage, random_id
 from infernetes.runtime.server.streaming import SSE_DONE, merge, sse
 
@@ -88,7 +89,8 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
         prefix = message_text(request.messages[-1])
     choices = [{"index": c.index,
                 "message": {"role": "assistant", "content": prefix + c.text},
-                "logprobs": _logprobs(c, request.top_logprobs or 0), "finish_reason": c.finish_reason,
+                "logprobs": _logprobs(c, request.top_logprobs or 0),
+                "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason} for c in final.outputs]
     completion_tokens = sum(len(c.token_ids) for c in final.outputs)
     return JSONResponse({
@@ -96,7 +98,8 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
         "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint,
         "choices": choices,
         "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                  "total_tokens": len(prompt_ids) + completion_tokens}})
+                  "total_tokens": len(prompt_ids) + completion_tokens},
+        "prompt_logprobs": prompt_logprobs_json(final)})
 
 
 async def _stream(ctx: ServingContext, request: ChatCompletionRequest, request_id: str,
@@ -109,16 +112,22 @@ async def _stream(ctx: ServingContext, request: ChatCompletionRequest, request_i
                                                                   "content": ""},
                                         "logprobs": None, "finish_reason": None}]})
     completion_tokens = 0
+    prompt_logprobs_sent = False
     async for _, output in merge([stream]):
         for completion in output.outputs:
             completion_tokens += len(completion.token_ids)
             delta = {"content": completion.text} if completion.text else {}
             if not delta and completion.finish_reason is None:
                 continue
-            yield sse({**base, "choices": [{
-                "index": completion.index, "delta": delta, "logprobs": _logprobs(completion, request.top_logprobs or 0),
+            chunk = {**base, "choices": [{
+                "index": completion.index, "delta": delta,
+                "logprobs": _logprobs(completion, request.top_logprobs or 0),
                 "finish_reason": completion.finish_reason,
-                "stop_reason": completion.stop_reason}]})
+                "stop_reason": completion.stop_reason}]}
+            if output.prompt_logprobs is not None and not prompt_logprobs_sent:
+                chunk["prompt_logprobs"] = prompt_logprobs_json(output)
+                prompt_logprobs_sent = True
+            yield sse(chunk)
     if request.stream_options and request.stream_options.include_usage:
         yield sse({**base, "choices": [], "usage": {
             "prompt_tokens": num_prompt_tokens, "completion_tokens": completion_tokens,

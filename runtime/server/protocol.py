@@ -47,9 +47,11 @@ class SamplingFields(BaseModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
 
     def _sampling(self, max_tokens: int | None, logprobs: int | None,
-                  defaults: dict[str, Any]) -> SamplingParams:
+                  defaults: dict[str, Any], prompt_logprobs: int | None = None
+                  ) -> SamplingParams:
         def pick(name: str, fallback):
             value = getattr(self, name)
             return value if value is not None else defaults.get(name, fallback)
@@ -60,7 +62,8 @@ class SamplingFields(BaseModel):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             seed=self.seed, max_tokens=max_tokens, min_tokens=self.min_tokens,
             stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
-            logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
             output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.FINAL_ONLY)
 
@@ -73,7 +76,15 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
 
     def to_sampling_params(self, defaults: dict[str, Any]) -> SamplingParams:
-        return self._sampling(self.max_tokens, self.logprobs, defaults)
+        return self._sampling(self.max_tokens, self.logprobs, defaults,
+                              self.prompt_logprobs_wanted)
+
+    @property
+    def prompt_logprobs_wanted(self) -> int | None:
+        """echo with logprobs scores the echoed prompt too, as OpenAI's API does."""
+        if self.prompt_logprobs is not None:
+            return self.prompt_logprobs
+        return self.logprobs if self.echo else None
 
 
 class ChatMessage(BaseModel):
@@ -101,7 +112,8 @@ class ChatCompletionRequest(SamplingFields):
 
     def to_sampling_params(self, defaults: dict[str, Any]) -> SamplingParams:
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._sampling(self.max_completion_tokens or self.max_tokens, logprobs, defaults)
+        return self._sampling(self.max_completion_tokens or self.max_tokens, logprobs, defaults,
+                              self.prompt_logprobs)
 
 
 class UsageInfo(BaseModel):

@@ -143,6 +143,7 @@ SAMPLING_FIELDS = {
                              st.one_of(st.lists(INTS, max_size=3), JUNK)),
     "skip_special_tokens": mostly(st.booleans()),
     "include_stop_str_in_output": mostly(st.booleans()),
+    "prompt_logprobs": mostly(st.one_of(st.none(), st.integers(0, 5)), INT_ODD),
 }
 
 COMPLETION_REQUIRED = {

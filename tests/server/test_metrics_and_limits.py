@@ -91,3 +91,38 @@ def test_full_queue_gets_503_with_retry_after():
         for request_id in list(live.ctx.engine._streams):
             live.ctx.engine.abort(request_id)
         live.stop()
+
+
+def test_gauges_and_preemptions_move_under_memory_pressure():
+    """A KV cache of 16 blocks (256 tokens) and four requests that grow to 140 tokens each:
+    they cannot all stay resident, so some are preempted, wait, and are recomputed."""
+    per_block = 16 * 2 * 3 * 64 * 4 * 30  # tokens x K,V x KV heads x head dim x fp32 x layers
+    live = start_server(max_model_len=256, kv_cache_memory=16 * per_block)
+    try:
+        before = scrape(live.url)
+        request = {"prompt": "Tell me a long story about a fox. " * 4, "max_tokens": 100,
+                   "ignore_eos": True, "temperature": 0}
+        replies = []
+        threads = [threading.Thread(target=lambda: replies.append(httpx.post(
+            f"{live.url}/v1/completions", json=request, timeout=300))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        peaks = {"infernetes_requests_running": 0.0, "infernetes_requests_waiting": 0.0,
+                 "infernetes_kv_cache_usage_ratio": 0.0}
+        while any(thread.is_alive() for thread in threads):
+            now = scrape(live.url)
+            for name in peaks:
+                peaks[name] = max(peaks[name], value(now, name))
+            time.sleep(0.02)
+        after = scrape(live.url)
+        assert [r.status_code for r in replies] == [200] * 4
+        assert peaks["infernetes_requests_running"] >= 2
+        assert peaks["infernetes_requests_waiting"] >= 1
+        assert peaks["infernetes_kv_cache_usage_ratio"] > 0.8
+        preempted = (value(after, "infernetes_preemptions_total")
+                     - value(before, "infernetes_preemptions_total"))
+        assert preempted == live.ctx.engine.engine.scheduler.num_preemptions > 0
+        assert value(after, "infernetes_requests_running") == 0
+        assert value(after, "infernetes_kv_cache_usage_ratio") == 0
+    finally:
+        live.stop()

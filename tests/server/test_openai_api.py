@@ -77,6 +77,47 @@ def test_logprobs_in_each_api_format(client):
     assert all(len(top) >= 2 for top in logprobs.top_logprobs)
 
 
+def test_completions_echo_with_logprobs_scores_the_prompt(client, smollm2):
+    kwargs = dict(model="SmolLM2-135M-Instruct", prompt="The capital of France is",
+                  max_tokens=4, temperature=0, logprobs=2, echo=True)
+    completion = client.completions.create(**kwargs)
+    offline = smollm2.generate("The capital of France is",
+                               SamplingParams(temperature=0, max_tokens=4, logprobs=2,
+                                              prompt_logprobs=2))[0]
+    num_prompt = len(offline.prompt_token_ids)
+    choice = completion.choices[0]
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == num_prompt + completion.usage.completion_tokens
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    expected = [p[t].logprob for t, p in zip(offline.prompt_token_ids[1:],
+                                             offline.prompt_logprobs[1:])]
+    assert logprobs.token_logprobs[1:num_prompt] == pytest.approx(expected, abs=1e-3)
+    assert "".join(logprobs.tokens) == choice.text
+    assert choice.text.startswith("The capital of France is")
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    streamed = list(client.completions.create(**kwargs, stream=True))
+    first = streamed[0].choices[0].logprobs
+    assert first.tokens[:num_prompt] == logprobs.tokens[:num_prompt]
+    assert sum(len(c.choices[0].logprobs.tokens) for c in streamed
+               if c.choices[0].logprobs) == len(logprobs.tokens)
+    assert "".join(c.choices[0].text for c in streamed) == choice.text
+
+
+def test_vllm_prompt_logprobs_field(client):
+    chat = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=QUESTION,
+                                          max_tokens=2, temperature=0,
+                                          extra_body={"prompt_logprobs": 1})
+    scored = chat.model_extra["prompt_logprobs"]
+    assert len(scored) == chat.usage.prompt_tokens and scored[0] is None
+    assert all(1 <= len(position) <= 2 for position in scored[1:])
+    assert all(v["logprob"] <= 0 and v["rank"] >= 1 for position in scored[1:]
+               for v in position.values())
+    completion = client.completions.create(model="SmolLM2-135M-Instruct", prompt="Hi there",
+                                           max_tokens=2, extra_body={"prompt_logprobs": 0})
+    assert len(completion.choices[0].model_extra["prompt_logprobs"]) == \
+        completion.usage.prompt_tokens
+
+
 def test_stop_strings(client):
     base = client.completions.create(model="SmolLM2-135M-Instruct", prompt="1, 2, 3, 4,",
                                      max_tokens=12, temperature=0).choices[0].text
