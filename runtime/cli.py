@@ -9,6 +9,7 @@ import time
 from infernetes.runtime.cli_args import (
     add_compatibility_args, add_engine_args, check_compatibility_args, engine_config_from_args)
 from infernetes.runtime.config import ConfigError
+from infernetes.runtime.download.cli import add_download_command, run_download
 from infernetes.runtime.server.launch import add_server_args, run_server
 
 DEMO_QUESTIONS = [
@@ -44,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     add_server_args(serve)
     add_engine_args(serve)
     add_compatibility_args(serve)
+    add_download_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "download":
+            return run_download(args)
         check_compatibility_args(args)
         return run_server(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from conftest import hf_greedy
+from hf_reference import hf_greedy
 from infernetes import LLM, SamplingParams
 
 MAX_NEW = 20

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from conftest import free_port
+from live_server import free_port
 
 SERVE = [sys.executable, "-m", "infernetes.runtime.cli", "serve"]
 

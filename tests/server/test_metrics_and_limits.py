@@ -8,7 +8,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import start_server
+from live_server import start_server
 
 FAMILIES = [
     "infernetes_requests_running", "infernetes_requests_waiting",

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from conftest import start_server
+from live_server import start_server
 
 CHAT = {"messages": [{"role": "user", "content": "Tell me a long story."}],
         "max_tokens": 400, "ignore_eos": True, "stream": True}
