@@ -10,6 +10,7 @@ from infernetes.runtime.cli_args import (
     add_compatibility_args, add_engine_args, check_compatibility_args, engine_config_from_args)
 from infernetes.runtime.config import ConfigError
 from infernetes.runtime.download.cli import add_download_command, run_download
+from infernetes.runtime.download.failures import DownloadError
 from infernetes.runtime.server.launch import add_server_args, run_server
 
 DEMO_QUESTIONS = [
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Chat-style generation for each PROMPT (default: a few demo questions) "
                     "with MODEL (default: the embedded SmolLM2-135M-Instruct).")
     generate.add_argument("prompts", nargs="*", metavar="PROMPT")
-    generate.add_argument("--model", help="Hugging Face folder or .gguf file")
+    generate.add_argument("--model", help="Hugging Face folder, .gguf file or hf://ORG/NAME[@REV]")
     generate.add_argument("--max-tokens", type=int, default=128)
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--top-p", type=float, default=1.0)
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     add_engine_args(generate)
     serve = commands.add_parser(
         "serve", help="an OpenAI-compatible HTTP server",
-        description="Serve MODEL (a Hugging Face folder or .gguf file; default: the embedded "
+        description="Serve MODEL (a Hugging Face folder, a .gguf file or hf://ORG/NAME[@REV]; "
+                    "default: the embedded "
                     "SmolLM2-135M-Instruct) over OpenAI's HTTP API.")
     serve.add_argument("model", nargs="?", metavar="MODEL")
     add_server_args(serve)
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"infernetes: error: {e}", file=sys.stderr)
         return 2
+    except DownloadError as e:  # fetching an hf:// model for serve or generate
+        print(f"infernetes: error: could not fetch the model ({e.reason.value}): {e}",
+              file=sys.stderr)
+        return e.exit_code
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from infernetes.runtime.config import (
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
+    g.add_argument("--revision", help="branch, tag or commit of an hf:// model (default: main, "
+                                      "or the @REVISION in its URI)")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="weights and activations; auto takes the checkpoint's (float16 "
                         "becomes bfloat16 on CPU)")
@@ -53,7 +55,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
                                 max_num_batched_tokens=args.max_num_batched_tokens,
                                 enable_chunked_prefill=args.enable_chunked_prefill)
     return EngineConfig(
-        model=model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+        model=model, tokenizer=args.tokenizer, revision=args.revision, dtype=args.dtype, device=args.device,
         seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
         generation_config=args.generation_config, cache=cache, scheduler=scheduler)
 

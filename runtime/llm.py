@@ -17,11 +17,13 @@ PromptType = str | list[int] | dict
 class LLM:
     """An engine for batch generation in this process.
 
-    model: a Hugging Face folder, a `.gguf` file, or None for the embedded default model.
+    model: a Hugging Face folder, a `.gguf` file, `hf://ORG/NAME[@REVISION]` (fetched once into
+    the local cache), or None for the embedded default model.
     Other keywords mirror `infernetes serve` flags (dtype, max_model_len, kv_cache_memory, ...).
     """
 
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None,
+                 revision: str | None = None,
                  dtype: str = "auto", device: str = "auto", seed: int = 0,
                  max_model_len: int | None = None, block_size: int = 16,
                  enable_prefix_caching: bool = True, kv_cache_memory: int | str | None = None,
@@ -40,7 +42,7 @@ class LLM:
                                     max_num_batched_tokens=max_num_batched_tokens,
                                     enable_chunked_prefill=enable_chunked_prefill)
         self._attach(LLMEngine(EngineConfig(
-            model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
+            model=model, tokenizer=tokenizer, revision=revision, dtype=dtype, device=device, seed=seed,
             max_model_len=max_model_len, chat_template=chat_template,
             generation_config=generation_config, served_model_name=served_model_name,
             skip_tokenizer_init=skip_tokenizer_init, cache=cache, scheduler=scheduler)))

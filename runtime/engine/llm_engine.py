@@ -31,7 +31,7 @@ class LLMEngine:
         started = time.perf_counter()
         self.config = config
         self.device = config.torch_device()
-        self.model_folder = resolve_model_folder(config.model)
+        self.model_folder = resolve_model_folder(config.model, config.revision)
         self.arch = ModelArchConfig.from_folder(self.model_folder)
         self.dtype = resolve_dtype(config.dtype, self.arch.torch_dtype, self.device)
         self.max_model_len = self._max_model_len()
