@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 
+from infernetes.operator.cli import add_operator_commands, run_operator_command
 from infernetes.runtime.cli_args import (
     add_compatibility_args, add_engine_args, check_compatibility_args, engine_config_from_args)
 from infernetes.runtime.config import ConfigError
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     add_engine_args(serve)
     add_compatibility_args(serve)
     add_download_command(commands)
+    add_operator_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "download":
             return run_download(args)
+        if args.command in ("crd", "operator"):
+            return run_operator_command(args)
         check_compatibility_args(args)
         return run_server(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

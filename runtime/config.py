@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a dtype or device is made: the CLI and the
+    import torch   # operator (which shares it) start without it
 
-_DTYPES = {
-    "float32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16, "half": torch.float16,
-}
-DTYPE_CHOICES = ("auto", *_DTYPES)
+_DTYPE_NAMES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16",
+                "float16": "float16", "half": "float16"}
+DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -37,12 +36,13 @@ def parse_size(text: str | int, flag: str) -> int:
 def resolve_dtype(dtype: str | torch.dtype, model_dtype: torch.dtype | None,
                   device: torch.device) -> torch.dtype:
     """'auto' takes the checkpoint's dtype; float16 becomes bfloat16 on CPU, where it is slow."""
+    import torch
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
     if dtype != "auto":
-        return _DTYPES[dtype]
+        return getattr(torch, _DTYPE_NAMES[dtype])
     resolved = model_dtype if model_dtype in (torch.float32, torch.bfloat16, torch.float16) \
         else torch.bfloat16
     if device.type == "cpu" and resolved == torch.float16:
@@ -133,6 +133,7 @@ class EngineConfig:
         return self.served_model_name or default_served_name(self.model)
 
     def torch_device(self) -> torch.device:
+        import torch
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cuda" and not torch.cuda.is_available():
