@@ -50,6 +50,7 @@ class Children:
     owned: list[dict[str, Any]]  # Jobs, Deployments, Services labelled with its name
     download_log: str = ""
     termination_message: str = ""
+    other_download_running: bool = False  # another InferenceService's Job fills this cache
 
     def find(self, kind: str, name: str | None = None) -> dict[str, Any] | None:
         return next((o for o in self.owned if o["kind"] == kind
@@ -96,7 +97,9 @@ class Reconciler:
         except ValueError as e:
             await self._report_invalid(obj, str(e))
             return None
-        if cache_bytes is not None:  # the cache is complete: no (more) download Job
+        if cache_bytes is not None or children.other_download_running:
+            # The cache is complete, or another InferenceService is filling it right now (two
+            # writers would corrupt it): no download Job of ours.
             desired = [d for d in desired if d["kind"] != "Job"]
         observed = ([children.cache_pvc] if children.cache_pvc else []) + children.owned
         actions = plan(desired, observed, isvc.uid)
@@ -121,11 +124,20 @@ class Reconciler:
             pvc = await self.kube.get("PersistentVolumeClaim", isvc.namespace,
                                       naming.cache_claim_name(isvc.spec.model.source))
         children = Children(pvc, owned)
+        if pvc is not None:
+            children.other_download_running = await self._other_download_running(isvc)
         job = children.find("Job", naming.download_job_name(isvc.name,
                                                             isvc.spec.model.source))
         if job is not None:
             await self._read_download_pod(isvc.namespace, job["metadata"]["name"], children)
         return children
+
+    async def _other_download_running(self, isvc: InferenceService) -> bool:
+        source_hash = naming.source_hash(isvc.spec.model.source)
+        jobs = await self.kube.list("Job", isvc.namespace,
+                                    {naming.LABEL_SOURCE_HASH: source_hash})
+        return any(not _job_finished(job) for job in jobs
+                   if job["metadata"]["labels"].get(naming.LABEL_ISVC) != isvc.name)
 
     async def _read_download_pod(self, namespace: str, job_name: str,
                                  children: Children) -> None:
@@ -287,8 +299,16 @@ class Reconciler:
 
 
 def _job_complete(job: dict[str, Any] | None) -> bool:
+    return _job_condition(job, "Complete")
+
+
+def _job_finished(job: dict[str, Any] | None) -> bool:
+    return _job_condition(job, "Complete") or _job_condition(job, "Failed")
+
+
+def _job_condition(job: dict[str, Any] | None, kind: str) -> bool:
     conditions = ((job or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions)
+    return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
 
 
 def _model_bytes(isvc: InferenceService) -> int | None:

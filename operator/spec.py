@@ -121,6 +121,12 @@ class Dtype(str, enum.Enum):
 
 
 class EngineSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!has(self.extraArgs) || self.extraArgs.all(a, !(a in ['--host', '--port']) && "
+            "!a.startsWith('--host=') && !a.startsWith('--port='))",
+            "extraArgs cannot set --host or --port: the pod's probes and Service use port 8000",
+            ".extraArgs")]})
+
     max_model_len: Annotated[int | None, Field(description="Context length (prompt + output) in "
                                                            "tokens. Default: the model's.",
                                                ge=16, le=10_000_000)] = None
@@ -132,9 +138,8 @@ class EngineSpec(ApiModel):
     enable_prefix_caching: Annotated[bool, Field(description="Reuse the KV cache of shared "
                                                              "prompt prefixes.")] = True
     dtype: Annotated[Dtype, Field(description="Weights and activations dtype.")] = Dtype.auto
-    extra_args: Annotated[list[str], Field(description="More `infernetes serve` flags, "
-                                                       "appended as given.",
-                                           max_length=64)] = []
+    extra_args: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(
+        description="More `infernetes serve` flags, appended as given.", max_length=64)] = []
 
 
 class AutoscalingMetric(str, enum.Enum):

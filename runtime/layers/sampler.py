@@ -67,6 +67,7 @@ def _sample_random(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
     params = [r.params for r in rows]
     device = logits.device
     logits = logits / torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    best = logits.argmax(dim=-1)  # before the cuts below
     if any(p.top_k for p in params):
         vocab = logits.shape[1]
         k = torch.tensor([min(p.top_k, vocab) if p.top_k else vocab for p in params],
@@ -79,9 +80,16 @@ def _sample_random(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        # Rounding can make the first token's "mass before it" exceed a tiny top_p: it stays.
+        drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
+    # Whatever the settings did, each row keeps its most likely token (all -inf would be NaN).
+    probs = torch.nan_to_num(probs, nan=0.0)
+    empty = probs.sum(dim=-1) <= 0
+    if empty.any():
+        probs[empty] = torch.nn.functional.one_hot(best[empty], probs.shape[-1]).to(probs.dtype)
     if any(p.min_p > 0 for p in params):
         min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)

@@ -152,6 +152,8 @@ INVALID = [
     ("tiny-max-model-len", with_(MINIMAL, "engine.maxModelLen", 8), "spec.engine.maxModelLen"),
     ("extra-args-not-strings", with_(MINIMAL, "engine.extraArgs", ["--x", 3]),
      "spec.engine.extraArgs[1]"),
+    ("extra-args-port", with_(MINIMAL, "engine.extraArgs", ["--port=9000"]),
+     "spec.engine.extraArgs: extraArgs cannot set --host or --port"),
     ("negative-replicas", with_(MINIMAL, "replicas", -2), "spec.replicas"),
     ("min-over-max", with_(MINIMAL, "autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
      "spec.autoscaling.minReplicas: minReplicas must be less than or equal to maxReplicas"),

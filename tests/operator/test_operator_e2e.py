@@ -220,3 +220,24 @@ def _runtime_args(k8s) -> list[str]:
 def _spec_hash(k8s) -> str:
     return _deployment(k8s)["spec"]["template"]["metadata"]["annotations"][
         naming.ANNOTATION_SPEC_HASH]
+
+
+def test_two_services_with_one_source_share_the_cache_and_one_download(k8s, operator):
+    create_isvc(k8s, "first", {"model": {"source": SOURCE}})
+    first_job = naming.download_job_name("first", SOURCE)
+    wait_for(lambda: k8s.get("jobs", NS, first_job))
+    create_isvc(k8s, "second", {"model": {"source": SOURCE}})
+    wait_for(lambda: k8s.get("services", NS, "second"))
+    time.sleep(1.0)  # a few passes of the second: it must not start a second writer
+    assert k8s.get("jobs", NS, naming.download_job_name("second", SOURCE)) is None
+    assert status(k8s, "second")["phase"] == "Pending"
+
+    start_download_pod(k8s, first_job, [{"event": "done", "bytes": MODEL_BYTES,
+                                         "totalBytes": MODEL_BYTES}])
+    k8s.patch_status("jobs", NS, first_job, {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]})
+    for name in ("first", "second"):
+        wait_for(lambda: k8s.get("deployments", NS, name))
+        assert wait_for(phase_is(k8s, name, "Loading"))["modelBytes"] == MODEL_BYTES
+    assert k8s.get("jobs", NS, naming.download_job_name("second", SOURCE)) is None
+    assert len(k8s.list("persistentvolumeclaims", NS)) == 1

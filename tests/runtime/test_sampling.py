@@ -144,3 +144,20 @@ def test_stop_string_on_the_last_allowed_token_reports_stop(smollm2):
     out = smollm2.generate(PROMPT, SamplingParams(**params, stop=[stop]))[0].outputs[0]
     assert (out.finish_reason, out.stop_reason) == ("stop", stop)
     assert out.text == text[:-len(stop)]
+
+
+def test_a_vanishing_top_p_keeps_the_most_likely_token():
+    """Fuzzing found top_p=7e-46: float rounding dropped every token and the NaN draw killed
+    the engine loop. The most likely token always stays."""
+    import torch
+
+    from infernetes.runtime.layers.sampler import SamplingRow, sample
+    logits = torch.randn(3, 500) * 5
+    params = SamplingParams(temperature=1.0, top_p=6.9741346213797825e-46, min_p=0.005,
+                            repetition_penalty=0.5)
+    rows = [SamplingRow(params, [1, 2, 3], [], None) for _ in range(3)]
+    expected = logits.clone()
+    from infernetes.runtime.layers.penalties import apply_penalties
+    apply_penalties(expected, [[1, 2, 3]] * 3, [[]] * 3, torch.tensor([0.5] * 3),
+                    torch.zeros(3), torch.zeros(3))
+    assert [t.token_id for t in sample(logits, rows)] == expected.argmax(dim=-1).tolist()
