@@ -6,7 +6,10 @@ from dataclasses import dataclass, field, fields
 
 from infernetes import __version__
 
+# The two images of a release (runtime/Dockerfile, operator/Dockerfile), tagged with the
+# package's version; the Helm chart's defaults name the same ones.
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/infernetes/runtime:{__version__}"
+DEFAULT_OPERATOR_IMAGE = f"ghcr.io/infernetes/operator:{__version__}"
 
 
 @dataclass(frozen=True, slots=True)

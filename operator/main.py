@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +20,11 @@ def run_operator(args: argparse.Namespace) -> int:
         raise ValueError(f"--resync-seconds must be positive, got {args.resync_seconds}")
     if not args.all_namespaces and not args.namespace:
         raise ValueError("give --namespace NAMESPACE (repeatable) or --all-namespaces")
-    config = OperatorConfig(runtime_image=args.runtime_image,
-                            image_pull_policy=args.image_pull_policy,
-                            drain_timeout_seconds=args.drain_timeout,
-                            resync_seconds=args.resync_seconds)
+    # Flags win; the settings without a flag come from INFERNETES_OPERATOR_* variables.
+    config = replace(OperatorConfig.from_env(), runtime_image=args.runtime_image,
+                     image_pull_policy=args.image_pull_policy,
+                     drain_timeout_seconds=args.drain_timeout,
+                     resync_seconds=args.resync_seconds)
     metrics = OperatorMetrics()
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.registry)

@@ -67,7 +67,7 @@ _NOT_YET = {
     "pipeline parallelism", "--enable-lora": "LoRA adapters", "--lora-modules": "LoRA adapters",
     "--max-loras": "LoRA adapters", "--max-lora-rank": "LoRA adapters",
     "--enable-auto-tool-choice": "tool calling", "--tool-call-parser": "tool calling",
-    "--reasoning-parser": "reasoning parsers", "--quantization": "quantized weights",
+    "--quantization": "quantized weights",
     "--speculative-config": "speculative decoding", "--kv-cache-dtype": "KV-cache dtypes",
 }
 # vLLM flags whose meaning already holds here.
@@ -75,6 +75,7 @@ _ACCEPTED = {
     "--trust-remote-code": "only built-in architectures run; no remote code is executed",
     "--enforce-eager": "the engine runs eagerly",
     "--disable-log-requests": "requests are not logged",
+    "--enable-reasoning": "older vLLM's switch; --reasoning-parser alone turns reasoning on",
 }
 
 

@@ -11,6 +11,7 @@ from infernetes.runtime.server.context import ServingContext
 from infernetes.runtime.server.errors import OpenAIError
 from infernetes.runtime.server.prompt_logprobs import prompt_logprobs_json
 from infernetes.runtime.server.protocol import ChatCompletionRequest, ChatMessage, random_id
+from infernetes.runtime.server.reasoning import ReasoningStream, split_reasoning
 from infernetes.runtime.server.streaming import SSE_DONE, merge, sse
 
 
@@ -88,7 +89,7 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
     if request.echo and request.messages[-1].role == "assistant":
         prefix = message_text(request.messages[-1])
     choices = [{"index": c.index,
-                "message": {"role": "assistant", "content": prefix + c.text},
+                "message": _message(ctx, prefix, c.text),
                 "logprobs": _logprobs(c, request.top_logprobs or 0),
                 "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason} for c in final.outputs]
@@ -102,6 +103,33 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
         "prompt_logprobs": prompt_logprobs_json(final)})
 
 
+def _message(ctx: ServingContext, prefix: str, text: str) -> dict:
+    """The assistant message of a whole completion; with a reasoning parser, the reasoning
+    goes to reasoning_content (null when there is none) and the rest to content."""
+    if ctx.reasoning_parser is None:
+        return {"role": "assistant", "content": prefix + text}
+    split = split_reasoning(ctx.reasoning_parser, text)
+    content = split.content if not prefix else prefix + (split.content or "")
+    return {"role": "assistant", "content": content, "reasoning_content": split.reasoning}
+
+
+def _delta(completion: CompletionOutput, reasoning: ReasoningStream | None) -> dict:
+    """A streamed piece of one choice: content, or with a reasoning parser, reasoning_content
+    while inside the reasoning and content after it (both when a piece ends the reasoning).
+    Text that may be part of a think tag waits for the next piece, or for the last one."""
+    if reasoning is None:
+        return {"content": completion.text} if completion.text else {}
+    piece = reasoning.feed(completion.text)
+    if completion.finish_reason is not None:
+        piece += reasoning.finish()
+    delta = {}
+    if piece.reasoning:
+        delta["reasoning_content"] = piece.reasoning
+    if piece.content:
+        delta["content"] = piece.content
+    return delta
+
+
 async def _stream(ctx: ServingContext, request: ChatCompletionRequest, request_id: str,
                   created: int, stream: AsyncIterator[RequestOutput],
                   num_prompt_tokens: int) -> AsyncIterator[str]:
@@ -113,15 +141,21 @@ async def _stream(ctx: ServingContext, request: ChatCompletionRequest, request_i
                                         "logprobs": None, "finish_reason": None}]})
     completion_tokens = 0
     prompt_logprobs_sent = False
+    parser = ctx.reasoning_parser
+    reasoning = [ReasoningStream(parser) if parser else None for _ in range(request.n)]
     async for _, output in merge([stream]):
         for completion in output.outputs:
             completion_tokens += len(completion.token_ids)
-            delta = {"content": completion.text} if completion.text else {}
-            if not delta and completion.finish_reason is None:
+            delta = _delta(completion, reasoning[completion.index])
+            logprobs = _logprobs(completion, request.top_logprobs or 0)
+            # A piece held back (part of a tag, an unfinished character) still sends the
+            # logprobs of its tokens.
+            if not delta and completion.finish_reason is None \
+                    and not (logprobs and logprobs["content"]):
                 continue
             chunk = {**base, "choices": [{
                 "index": completion.index, "delta": delta,
-                "logprobs": _logprobs(completion, request.top_logprobs or 0),
+                "logprobs": logprobs,
                 "finish_reason": completion.finish_reason,
                 "stop_reason": completion.stop_reason}]}
             if output.prompt_logprobs is not None and not prompt_logprobs_sent:

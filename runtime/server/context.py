@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from infernetes.runtime.engine.async_engine import AsyncLLM
 from infernetes.runtime.server.errors import OpenAIError
 from infernetes.runtime.server.metrics import Metrics
+from infernetes.runtime.server.reasoning import ReasoningParser
 from infernetes.runtime.tokenizer import Tokenizer
 
 
@@ -17,6 +18,8 @@ class ServingContext:
     metrics: Metrics | None = None
     max_num_queued_requests: int | None = None  # beyond it: 503 with Retry-After
     system_fingerprint: str = "infernetes-0.1.0"
+    # Splits chat completions into reasoning_content and content (--reasoning-parser).
+    reasoning_parser: ReasoningParser | None = None
 
     @property
     def tokenizer(self) -> Tokenizer:

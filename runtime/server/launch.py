@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+from infernetes.runtime.server.reasoning import REASONING_PARSERS, get_reasoning_parser
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,6 +24,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-queued-requests", type=int,
                    help="waiting requests beyond which new ones get 503 with Retry-After "
                         "(default: no limit)")
+    g.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS),
+                   help="split chat completions into reasoning_content and content at the "
+                        "think tags: deepseek_r1 (DeepSeek-R1 and its distills, QwQ: "
+                        "reasoning until </think>) or qwen3 (reasoning only in an output "
+                        "that opens with <think>)")
     g.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
 
@@ -53,7 +60,8 @@ def run_server(args: argparse.Namespace) -> int:
     metrics = Metrics(served_model_name)
     async_llm = AsyncLLM(lambda: LLMEngine(config), on_stats=metrics.record)
     ctx = ServingContext(async_llm, served_model_name, api_keys(args), metrics,
-                         args.max_num_queued_requests)
+                         args.max_num_queued_requests,
+                         reasoning_parser=get_reasoning_parser(args.reasoning_parser))
     app = build_app(ctx)
     logger.info("serving %s on http://%s:%d/v1 (ready in %.1f s)", served_model_name,
                 args.host, args.port, time.perf_counter() - started)

@@ -39,13 +39,14 @@ class LiveServer:
 
 
 def start_server(api_keys: list[str] | None = None, max_num_queued_requests: int | None = None,
-                 **engine_kwargs) -> LiveServer:
+                 reasoning_parser: str | None = None, **engine_kwargs) -> LiveServer:
     from infernetes.runtime.config import CacheConfig, EngineConfig, SchedulerConfig
     from infernetes.runtime.engine.async_engine import AsyncLLM
     from infernetes.runtime.engine.llm_engine import LLMEngine
     from infernetes.runtime.server.app import build_app
     from infernetes.runtime.server.context import ServingContext
     from infernetes.runtime.server.metrics import Metrics
+    from infernetes.runtime.server.reasoning import get_reasoning_parser
     config = EngineConfig(
         dtype="float32", max_model_len=engine_kwargs.pop("max_model_len", 2048),
         cache=CacheConfig(kv_cache_memory=engine_kwargs.pop("kv_cache_memory", 256 << 20)),
@@ -53,5 +54,6 @@ def start_server(api_keys: list[str] | None = None, max_num_queued_requests: int
     metrics = Metrics(config.resolved_served_model_name)
     ctx = ServingContext(AsyncLLM(lambda: LLMEngine(config), on_stats=metrics.record),
                          config.resolved_served_model_name, api_keys or [], metrics,
-                         max_num_queued_requests)
+                         max_num_queued_requests,
+                         reasoning_parser=get_reasoning_parser(reasoning_parser))
     return LiveServer(ctx, build_app(ctx))
