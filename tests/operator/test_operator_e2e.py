@@ -241,3 +241,12 @@ def test_two_services_with_one_source_share_the_cache_and_one_download(k8s, oper
         assert wait_for(phase_is(k8s, name, "Loading"))["modelBytes"] == MODEL_BYTES
     assert k8s.get("jobs", NS, naming.download_job_name("second", SOURCE)) is None
     assert len(k8s.list("persistentvolumeclaims", NS)) == 1
+
+
+def test_adapters_the_runtime_cannot_serve_yet_are_reported(k8s, operator):
+    create_isvc(k8s, "lora", {"model": {"source": SOURCE},
+                              "adapters": [{"name": "sql", "source": "hf://org/sql-lora"}]})
+    warning = wait_for(lambda: events(k8s, "AdaptersNotServed"))
+    assert warning[0]["type"] == "Warning" and "spec.adapters" in warning[0]["message"]
+    time.sleep(0.7)  # more passes: still one warning, not one per pass
+    assert len(events(k8s, "AdaptersNotServed")) == 1
