@@ -35,6 +35,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # our Events say what happened; kopf's would be noise
+    # No cluster-wide scans of namespaces and CRDs: the namespaces are named exactly and the
+    # CRD is installed first, and a namespaced Role does not allow those scans (kopf would
+    # retry the 403s for a minute and watch nothing meanwhile).
+    settings.scanning.disabled = True
     config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
     memo.config = config
     memo.metrics = memo.get("metrics") or OperatorMetrics()

@@ -63,11 +63,14 @@ def test_operator_process_reconciles_and_reports(k8s, tmp_path):
             "example.com/runtime:cli"
         assert wait_for(lambda: fetch(f"http://127.0.0.1:{liveness_port}/healthz")[0] == 200,
                         timeout=20)
-        text = wait_for(lambda: fetch(f"http://127.0.0.1:{metrics_port}/metrics")[1])
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for family in text_string_to_metric_families(text)
-                   for s in family.samples}
-        assert samples[("infernetes_operator_reconciles_total", (("result", "ok"),))] >= 1
+        def scrape() -> dict:
+            text = fetch(f"http://127.0.0.1:{metrics_port}/metrics")[1]
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples}
+        # The Job exists once a pass applied it; the pass is counted when it ends.
+        samples = wait_for(lambda: (s := scrape()).get(
+            ("infernetes_operator_reconciles_total", (("result", "ok"),)), 0) >= 1 and s)
         assert samples[("infernetes_operator_inferenceservice_phase",
                         (("name", "cli"), ("namespace", "default"), ("phase", "Pending")))] == 1
         assert ("infernetes_operator_reconcile_duration_seconds_count", ()) in samples
