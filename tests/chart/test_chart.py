@@ -215,6 +215,8 @@ def test_metrics_service_and_service_monitor_select_the_operator():
     monitor = one(objects, "ServiceMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["endpoints"][0]["port"] == "metrics"
+    # The operator's own `namespace` label must survive the scrape (dashboards, alerts).
+    assert monitor["endpoints"][0]["honorLabels"] is True
 
 
 def test_pod_monitor_scrapes_runtime_pods_where_they_run():
