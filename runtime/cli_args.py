@@ -13,6 +13,11 @@ from infernetes.runtime.config import (
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="run decode batches eagerly on GPU, without CUDA graphs")
+    g.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
+                   help="dummy: random weights (seeded by --seed), for benchmarking a model "
+                        "shape from its config.json alone")
     g.add_argument("--revision", help="branch, tag or commit of an hf:// model (default: main, "
                                       "or the @REVISION in its URI)")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
@@ -55,7 +60,9 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
                                 max_num_batched_tokens=args.max_num_batched_tokens,
                                 enable_chunked_prefill=args.enable_chunked_prefill)
     return EngineConfig(
-        model=model, tokenizer=args.tokenizer, revision=args.revision, dtype=args.dtype, device=args.device,
+        model=model, tokenizer=args.tokenizer, revision=args.revision,
+        load_format=args.load_format, enforce_eager=args.enforce_eager,
+        dtype=args.dtype, device=args.device,
         seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
         generation_config=args.generation_config, cache=cache, scheduler=scheduler)
 
@@ -73,7 +80,6 @@ _NOT_YET = {
 # vLLM flags whose meaning already holds here.
 _ACCEPTED = {
     "--trust-remote-code": "only built-in architectures run; no remote code is executed",
-    "--enforce-eager": "the engine runs eagerly",
     "--disable-log-requests": "requests are not logged",
     "--enable-reasoning": "older vLLM's switch; --reasoning-parser alone turns reasoning on",
 }

@@ -12,6 +12,8 @@ if TYPE_CHECKING:  # torch is imported where a dtype or device is made: the CLI 
 _DTYPE_NAMES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16",
                 "float16": "float16", "half": "float16"}
 DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)
+LOAD_FORMATS = ("auto", "dummy")
+KERNEL_BACKENDS = ("auto", "torch", "triton")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -114,6 +116,13 @@ class EngineConfig:
     generation_config: str = "auto"  # "auto" | "vllm" | a folder
     chat_template: str | None = None
     skip_tokenizer_init: bool = False  # prompts are token ids; outputs carry no text
+    # "auto": the checkpoint's weights; "dummy": random weights from `seed` (benchmarks of
+    # model shapes with only a config.json, as vLLM's --load-format dummy).
+    load_format: str = "auto"
+    enforce_eager: bool = False  # no CUDA graphs for decode batches
+    # "auto": Triton kernels on CUDA, torch on CPU; "triton" on CPU runs the kernels in
+    # Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
+    kernel_backend: str = "auto"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -123,6 +132,12 @@ class EngineConfig:
         if self.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, "
                               f"got {self.dtype!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ConfigError(f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got "
+                              f"{self.load_format!r}")
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ConfigError(f"kernel_backend must be one of {', '.join(KERNEL_BACKENDS)}, "
+                              f"got {self.kernel_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 

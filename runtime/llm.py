@@ -31,7 +31,8 @@ class LLM:
                  max_num_seqs: int = 256, max_num_batched_tokens: int | None = None,
                  enable_chunked_prefill: bool = True, chat_template: str | None = None,
                  generation_config: str = "auto", served_model_name: str | None = None,
-                 skip_tokenizer_init: bool = False):
+                 skip_tokenizer_init: bool = False, load_format: str = "auto",
+                 enforce_eager: bool = False, kernel_backend: str = "auto"):
         cache = CacheConfig(
             block_size=block_size, enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -45,7 +46,9 @@ class LLM:
             model=model, tokenizer=tokenizer, revision=revision, dtype=dtype, device=device, seed=seed,
             max_model_len=max_model_len, chat_template=chat_template,
             generation_config=generation_config, served_model_name=served_model_name,
-            skip_tokenizer_init=skip_tokenizer_init, cache=cache, scheduler=scheduler)))
+            skip_tokenizer_init=skip_tokenizer_init, load_format=load_format,
+            enforce_eager=enforce_eager, kernel_backend=kernel_backend, cache=cache,
+            scheduler=scheduler)))
 
     @classmethod
     def from_engine_config(cls, config: EngineConfig) -> LLM:

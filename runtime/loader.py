@@ -106,3 +106,19 @@ def load_weights(model: nn.Module, folder: Path) -> None:
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks weights for: {', '.join(missing[:8])}"
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+
+
+def initialize_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Random weights in place of a checkpoint (`--load-format dummy`): matrices ~ N(0, 0.02),
+    norm scales 1, biases 0, drawn on the parameters' device from `seed`."""
+    generator = None
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if generator is None or generator.device != param.device:
+                generator = torch.Generator(device=param.device).manual_seed(seed)
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.02, generator=generator)
+            elif "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.zero_()

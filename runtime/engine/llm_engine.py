@@ -48,7 +48,8 @@ class LLMEngine:
         torch.manual_seed(config.seed)
         cache = config.cache
         self.runner = ModelRunner(self.arch, self.model_folder, self.dtype, self.device,
-                                  self.max_model_len, cache.block_size)
+                                  self.max_model_len, cache.block_size, config.load_format,
+                                  config.seed, config.kernel_backend)
         self.num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(self.num_blocks)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, cache.block_size,
@@ -59,6 +60,8 @@ class LLMEngine:
         self.last_stats: IterationStats | None = None
         self._prefix_seen = (0, 0)
         self.runner.warm_up()
+        if self.device.type == "cuda" and self.runner.use_triton and not config.enforce_eager:
+            self.runner.capture_cuda_graphs(config.scheduler.max_num_seqs)
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "loaded %s (%s) from %s: dtype %s on %s, %d KV blocks of %d tokens (%.1f MiB), "

@@ -15,10 +15,12 @@ import torch
 from infernetes.kernels.paged_attention import decode_key_mask, kv_store_index
 from infernetes.runtime.engine.scheduler_output import (
     ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput)
+from infernetes.runtime.engine.cuda_graphs import DecodeGraphs
+from infernetes.runtime.engine.varlen_metadata import triton_metadata
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
 from infernetes.runtime.layers.logprobs import token_logprobs
 from infernetes.runtime.layers.sampler import SamplingRow, sample
-from infernetes.runtime.loader import load_weights
+from infernetes.runtime.loader import initialize_dummy_weights, load_weights
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.models import model_class
 
@@ -29,7 +31,8 @@ _PROMPT_LOGPROBS_SLICE = 512  # positions whose [vocab] logits are held at once
 
 class ModelRunner:
     def __init__(self, arch: ModelArchConfig, folder: Path, dtype: torch.dtype,
-                 device: torch.device, max_model_len: int, block_size: int):
+                 device: torch.device, max_model_len: int, block_size: int,
+                 load_format: str = "auto", seed: int = 0, kernel_backend: str = "auto"):
         self.arch = arch
         self.dtype = dtype
         self.device = device
@@ -37,12 +40,23 @@ class ModelRunner:
         self.max_model_len = max_model_len
         with torch.device(device):
             self.model = model_class(arch)(arch, dtype, max_model_len)
-        load_weights(self.model, folder)
+        if load_format == "dummy":
+            initialize_dummy_weights(self.model, seed)
+        else:
+            load_weights(self.model, folder)
         self.model.eval()
+        self.use_triton = kernel_backend == "triton" or (kernel_backend == "auto"
+                                                         and device.type == "cuda")
+        if self.use_triton:
+            _check_triton()
+            for module in self.model.modules():
+                if hasattr(module, "use_triton"):
+                    module.use_triton = True
         self.attention_layers = self.model.attention_layers()
         self.sliding_window = arch.sliding_window
         self._generators: dict[str, torch.Generator] = {}
         self.num_blocks = 0
+        self.decode_graphs: DecodeGraphs | None = None
 
     # -- KV cache ---------------------------------------------------------------------------
 
@@ -81,6 +95,15 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return peak
 
+    def capture_cuda_graphs(self, max_num_seqs: int) -> None:
+        """Decode batches replay CUDA graphs from now on (GPU, Triton kernels only)."""
+        if self.device.type != "cuda" or not self.use_triton:
+            raise ValueError("CUDA graphs need a CUDA device and the Triton kernels")
+        graphs = DecodeGraphs(self.model, self.device, max_num_seqs,
+                              -(-self.max_model_len // self.block_size))
+        graphs.capture()
+        self.decode_graphs = graphs
+
     def warm_up(self, num_tokens: int = 16) -> None:
         """One forward pass, so that the first request does not pay for lazy initialisation."""
         self._forward_dummy(min(num_tokens, self.num_blocks * self.block_size))
@@ -103,7 +126,11 @@ class ModelRunner:
             return ModelRunnerOutput({})
         items = sorted(scheduler_output.scheduled, key=lambda s: not _is_decode(s))
         input_ids, positions, meta, logits_index = self._prepare(items)
-        hidden = self.model(input_ids, positions, meta)
+        hidden = None
+        if self.decode_graphs is not None and not meta.prefills:
+            hidden = self.decode_graphs.run(input_ids, positions, meta)
+        if hidden is None:
+            hidden = self.model(input_ids, positions, meta)
         prompt_logprobs = self._prompt_logprobs(items, hidden)
         sampling = [s for s in items if s.sample]
         if not sampling:
@@ -151,6 +178,8 @@ class ModelRunner:
         return generator
 
     def _prepare(self, items: list[ScheduledRequest]):
+        """Host lists of the batch, then the tensors and attention metadata the kernel
+        backend reads."""
         size = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -158,7 +187,7 @@ class ModelRunner:
         logits_index: list[int] = []
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
-        prefills: list[PrefillChunk] = []
+        chunks: list[tuple[int, int, int, list[int]]] = []  # token start, tokens, context, blocks
         for item in items:
             start, num = item.start_position, len(item.token_ids)
             token_start = len(input_ids)
@@ -173,30 +202,53 @@ class ModelRunner:
                 end = start + num
                 positions.extend(range(start, end))
                 slots.extend(blocks[p // size] * size + p % size for p in range(start, end))
-                num_blocks = -(-end // size)
-                prefills.append(PrefillChunk(
-                    token_start, num, start,
-                    torch.tensor(blocks[:num_blocks], dtype=torch.long, device=self.device)))
+                chunks.append((token_start, num, start, blocks[:-(-end // size)]))
             if item.sample:
                 logits_index.append(token_start + num - 1)
+        meta = self._attention_metadata(slots, decode_tables, decode_lens, chunks)
+        return (torch.tensor(input_ids, dtype=torch.long, device=self.device),
+                torch.tensor(positions, dtype=torch.long, device=self.device),
+                meta, logits_index)
 
+    def _attention_metadata(self, slots: list[int], decode_tables: list[list[int]],
+                            decode_lens: list[int],
+                            chunks: list[tuple[int, int, int, list[int]]]) -> AttentionMetadata:
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
+        if self.use_triton:
+            meta = AttentionMetadata(slot_mapping, slot_mapping, len(decode_tables),
+                                     prefills=[PrefillChunk(s, n, c, None)
+                                               for s, n, c, _ in chunks])
+            meta.triton = triton_metadata(decode_tables, decode_lens,
+                                          [blocks for *_, blocks in chunks],
+                                          [c for _, _, c, _ in chunks],
+                                          [n for _, n, _, _ in chunks], self.device)
+            return meta
         meta = AttentionMetadata(
             slot_mapping=slot_mapping,
             kv_store_index=kv_store_index(slot_mapping, self.attention_layers[0].num_kv_heads,
-                                          size),
-            num_decode_tokens=len(decode_tables), prefills=prefills)
+                                          self.block_size),
+            num_decode_tokens=len(decode_tables),
+            prefills=[PrefillChunk(s, n, c, torch.tensor(blocks, dtype=torch.long,
+                                                          device=self.device))
+                      for s, n, c, blocks in chunks])
         if decode_tables:
             width = max(len(t) for t in decode_tables)
             meta.decode_block_tables = torch.tensor(
                 [t + [0] * (width - len(t)) for t in decode_tables], dtype=torch.long,
                 device=self.device)
-            meta.decode_key_mask = decode_key_mask(decode_lens, width * size,
+            meta.decode_key_mask = decode_key_mask(decode_lens, width * self.block_size,
                                                    self.sliding_window).to(self.device)
-        return (torch.tensor(input_ids, dtype=torch.long, device=self.device),
-                torch.tensor(positions, dtype=torch.long, device=self.device),
-                meta, logits_index)
+        return meta
 
 
 def _is_decode(item: ScheduledRequest) -> bool:
     return len(item.token_ids) == 1 and item.start_position > 0
+
+
+def _check_triton() -> None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        from infernetes.runtime.config import ConfigError
+        raise ConfigError("the Triton kernels need the `triton` package (CUDA builds of "
+                          "torch include it); on CPU use the torch kernels") from None

@@ -31,6 +31,19 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] (int64)
     decode_key_mask: torch.Tensor | None = None  # [num_decodes, max_blocks * block_size]
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # The same batch for the Triton kernels (set when the runner uses them; varlen_metadata.py).
+    triton: TritonAttentionMetadata | None = None
+
+
+@dataclass(slots=True)
+class TritonAttentionMetadata:
+    """int32 block tables and lengths, one launch for all decodes and one for all prefills."""
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int32
+    decode_seq_lens: torch.Tensor | None  # [num_decodes] int32: keys incl. the new token
+    prefill_block_tables: torch.Tensor | None  # [num_prefills, max_blocks] int32
+    prefill_query_start_loc: torch.Tensor | None  # [num_prefills + 1] int32, from 0
+    prefill_context_lens: torch.Tensor | None  # [num_prefills] int32: cached before the chunk
+    prefill_max_query_len: int = 0
 
 
 class Attention(nn.Module):
@@ -42,10 +55,14 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window
         # Bound by the model runner once the cache is allocated: (key_cache, value_cache).
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.use_triton = False  # set by the model runner (kernel_backend)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]."""
+        if self.use_triton:
+            from infernetes.runtime.layers.attention_triton import triton_attention
+            return triton_attention(self, q, k, v, meta)
         key_cache, value_cache = self.kv_cache
         store_kv_cache(k, v, key_cache, value_cache, meta.kv_store_index)
         num_decode = meta.num_decode_tokens

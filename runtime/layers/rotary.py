@@ -3,6 +3,7 @@ Llama 3 and linear frequency scalings."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,6 +39,14 @@ class RotaryEmbedding(nn.Module):
         # cos_sin: [max_position, head_dim] = cos | sin halves.
         self.register_buffer("cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1),
                              persistent=False)
+        self.use_triton = False  # set by the model runner (kernel_backend)
+
+    def for_positions(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeAtPositions:
+        """What rotates this step's queries and keys, computed once, shared by every layer."""
+        if self.use_triton:
+            return RopeAtPositions(positions=positions, cos_sin=self.cos_sin)
+        cos, sin = self.cos_sin_at(positions, dtype)
+        return RopeAtPositions(cos=cos, sin=sin)
 
     def cos_sin_at(self, positions: torch.Tensor, dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,3 +61,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x * cos + rotate_half(x) * sin, in x's dtype, as the Hugging Face models compute it."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+@dataclass(slots=True)
+class RopeAtPositions:
+    """The rotation of one step: precomputed cos/sin (torch), or the positions and the cache
+    the Triton kernel reads."""
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # [num_tokens] int64
+    cos_sin: torch.Tensor | None = None  # [max_position, head_dim] float32
+
+    def rotate(self, qk: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+        """qk: [num_tokens, num_q_heads + num_kv_heads, head_dim], queries then keys."""
+        if self.positions is None:
+            return apply_rotary(qk, self.cos, self.sin)
+        from infernetes.kernels.triton.rotary import apply_rotary as rotary_triton
+        rotary_triton(qk[:, :num_q_heads], qk[:, num_q_heads:], self.positions, self.cos_sin)
+        return qk

@@ -14,7 +14,7 @@ from infernetes.runtime.layers.embedding import ParallelLMHead, VocabParallelEmb
 from infernetes.runtime.layers.layernorm import RMSNorm
 from infernetes.runtime.layers.linear import (
     MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
-from infernetes.runtime.layers.rotary import RotaryEmbedding, apply_rotary
+from infernetes.runtime.layers.rotary import RopeAtPositions, RotaryEmbedding
 from infernetes.runtime.model_config import ModelArchConfig
 
 
@@ -35,13 +35,13 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.num_kv_heads, head_dim, head_dim ** -0.5,
                               config.sliding_window)
 
-    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor,
+    def forward(self, rope: RopeAtPositions, hidden: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qk_size = self.q_size + self.kv_size
         qkv = self.qkv_proj(hidden)
         # Queries and keys sit side by side in the projection: rotate them in one pass.
-        qk = apply_rotary(qkv[:, :qk_size].view(num_tokens, -1, self.head_dim), *rope)
+        qk = rope.rotate(qkv[:, :qk_size].view(num_tokens, -1, self.head_dim), self.num_heads)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = qkv[:, qk_size:].view(num_tokens, self.num_kv_heads, self.head_dim)
         out = self.attn(q, k, v, meta)
@@ -55,9 +55,14 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size],
                                                        config.mlp_bias, dtype)
         self.down_proj = RowParallelLinear(size, config.hidden_size, config.mlp_bias, dtype)
+        self.use_triton = False  # set by the model runner (kernel_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        if self.use_triton:
+            from infernetes.kernels.triton.activation import silu_and_mul as silu_and_mul_triton
+            return self.down_proj(silu_and_mul_triton(gate_up))
+        return self.down_proj(silu_and_mul(gate_up))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -90,7 +95,7 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
-        rope = self.rotary.cos_sin_at(positions, hidden.dtype)
+        rope = self.rotary.for_positions(positions, hidden.dtype)
         residual = None
         for layer in self.layers:
             hidden, residual = layer(rope, hidden, residual, meta)

@@ -55,3 +55,16 @@ def test_generation_config_supplies_defaults(tiny_models, tmp_path):
     # --generation-config vllm ignores the file.
     plain = LLM(str(folder), dtype="float32", skip_tokenizer_init=True, generation_config="vllm")
     assert plain.get_default_sampling_params().max_tokens == 16
+
+
+def test_dummy_load_format_needs_only_config_json(tiny_models, tmp_path):
+    """`--load-format dummy`: a model shape from its config.json alone, seeded, finite."""
+    shutil.copy(f"{tiny_models['qwen2']}/config.json", tmp_path / "config.json")
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    prompt = [{"prompt_token_ids": [3, 1, 4, 1, 5]}]
+    runs = [LLM(str(tmp_path), load_format="dummy", seed=seed, skip_tokenizer_init=True,
+                dtype="float32").generate(prompt, params)[0].outputs[0].token_ids
+            for seed in (7, 7)]
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+    with pytest.raises(ValueError, match="--load-format must be one of auto, dummy"):
+        LLM(str(tmp_path), load_format="random", skip_tokenizer_init=True)
