@@ -12,6 +12,7 @@ _LAZY = {
     "SamplingParams": "infernetes.runtime.sampling_params",
     "RequestOutput": "infernetes.runtime.outputs",
     "CompletionOutput": "infernetes.runtime.outputs",
+    "LoRARequest": "infernetes.runtime.request",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,12 +7,20 @@ from __future__ import annotations
 import argparse
 
 from infernetes.runtime.config import (
-    DTYPE_CHOICES, CacheConfig, ConfigError, EngineConfig, SchedulerConfig, parse_size)
+    DTYPE_CHOICES, CacheConfig, ConfigError, EngineConfig, LoRAConfig, SchedulerConfig,
+    parse_size)
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
+    g.add_argument("--enable-lora", action="store_true",
+                   help="serve LoRA adapters (--lora-modules, /v1/load_lora_adapter)")
+    g.add_argument("--max-loras", type=int, default=1,
+                   help="adapters one batch may use at once (fast slots)")
+    g.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank")
+    g.add_argument("--max-cpu-loras", type=int,
+                   help="adapters kept in CPU memory (default: --max-loras)")
     g.add_argument("--enforce-eager", action="store_true",
                    help="run decode batches eagerly on GPU, without CUDA graphs")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
@@ -64,15 +72,16 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
         load_format=args.load_format, enforce_eager=args.enforce_eager,
         dtype=args.dtype, device=args.device,
         seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
-        generation_config=args.generation_config, cache=cache, scheduler=scheduler)
+        generation_config=args.generation_config, cache=cache, scheduler=scheduler,
+        lora=LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras)
+        if args.enable_lora else None)
 
 
 # vLLM flags that this version does not implement yet: accepted by the parser so that the error
 # names them and says why, instead of argparse's generic "unrecognized arguments".
 _NOT_YET = {
-    "--tensor-parallel-size": "tensor parallelism", "--pipeline-parallel-size":
-    "pipeline parallelism", "--enable-lora": "LoRA adapters", "--lora-modules": "LoRA adapters",
-    "--max-loras": "LoRA adapters", "--max-lora-rank": "LoRA adapters",
+    "--tensor-parallel-size": "tensor parallelism",
+    "--pipeline-parallel-size": "pipeline parallelism",
     "--enable-auto-tool-choice": "tool calling", "--tool-call-parser": "tool calling",
     "--quantization": "quantized weights",
     "--speculative-config": "speculative decoding", "--kv-cache-dtype": "KV-cache dtypes",

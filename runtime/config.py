@@ -73,11 +73,29 @@ class CacheConfig:
 
 
 @dataclass(slots=True)
+class LoRAConfig:
+    """--enable-lora and its limits (vLLM's meanings)."""
+    max_loras: int = 1  # adapters one step can use (fast slots)
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept in CPU memory; default max_loras
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1:
+            raise ConfigError(f"--max-loras must be at least 1, got {self.max_loras}")
+        if not 1 <= self.max_lora_rank <= 512:
+            raise ConfigError(f"--max-lora-rank must be in [1, 512], got {self.max_lora_rank}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ConfigError(f"--max-cpu-loras ({self.max_cpu_loras}) must be at least "
+                              f"--max-loras ({self.max_loras})")
+
+
+@dataclass(slots=True)
 class SchedulerConfig:
     max_num_seqs: int = 256
     # None: 2048 with chunked prefill; without it, enough for the longest request.
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
+    max_loras: int = 0  # distinct adapters one step may use; 0: no limit (LoRA off)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -100,7 +118,8 @@ class SchedulerConfig:
                 f"--max-num-batched-tokens ({budget}) is smaller than --max-model-len "
                 f"({max_model_len}) with chunked prefill disabled: long requests could never "
                 f"be scheduled; raise it, lower --max-model-len or enable chunked prefill")
-        return SchedulerConfig(self.max_num_seqs, budget, self.enable_chunked_prefill)
+        return SchedulerConfig(self.max_num_seqs, budget, self.enable_chunked_prefill,
+                               self.max_loras)
 
 
 @dataclass(slots=True)
@@ -125,6 +144,7 @@ class EngineConfig:
     kernel_backend: str = "auto"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lora: LoRAConfig | None = None  # None: adapters off
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -5,9 +5,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from itertools import count
 
-from infernetes.runtime.config import CacheConfig, EngineConfig, SchedulerConfig, parse_size
+from infernetes.runtime.config import (
+    CacheConfig, EngineConfig, LoRAConfig, SchedulerConfig, parse_size)
 from infernetes.runtime.engine.llm_engine import LLMEngine
 from infernetes.runtime.outputs import RequestOutput
+from infernetes.runtime.request import LoRARequest
 from infernetes.runtime.sampling_params import RequestOutputKind, SamplingParams
 from infernetes.runtime.tokenizer import Tokenizer
 
@@ -32,7 +34,9 @@ class LLM:
                  enable_chunked_prefill: bool = True, chat_template: str | None = None,
                  generation_config: str = "auto", served_model_name: str | None = None,
                  skip_tokenizer_init: bool = False, load_format: str = "auto",
-                 enforce_eager: bool = False, kernel_backend: str = "auto"):
+                 enforce_eager: bool = False, kernel_backend: str = "auto",
+                 enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
+                 max_cpu_loras: int | None = None):
         cache = CacheConfig(
             block_size=block_size, enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -48,7 +52,8 @@ class LLM:
             generation_config=generation_config, served_model_name=served_model_name,
             skip_tokenizer_init=skip_tokenizer_init, load_format=load_format,
             enforce_eager=enforce_eager, kernel_backend=kernel_backend, cache=cache,
-            scheduler=scheduler)))
+            scheduler=scheduler,
+            lora=LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None)))
 
     @classmethod
     def from_engine_config(cls, config: EngineConfig) -> LLM:
@@ -67,11 +72,13 @@ class LLM:
         return self.engine.default_sampling_params()
 
     def generate(self, prompts: PromptType | Sequence[PromptType],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None
                  ) -> list[RequestOutput]:
         """prompts: a string, a list of token ids, {"prompt": ...} or {"prompt_token_ids": ...},
-        or a list of these. One RequestOutput per prompt, in order."""
-        return self._run(_as_prompt_list(prompts), sampling_params)
+        or a list of these. One RequestOutput per prompt, in order. lora_request: one adapter
+        for all prompts, or one (or None, the base model) per prompt; needs enable_lora."""
+        return self._run(_as_prompt_list(prompts), sampling_params, lora_request)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
@@ -93,18 +100,24 @@ class LLM:
         return self._run(prompts, sampling_params)
 
     def _run(self, prompts: list[str | list[int]],
-             sampling_params: SamplingParams | Sequence[SamplingParams] | None
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None,
+             lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None
              ) -> list[RequestOutput]:
         params_list = self._params_per_prompt(sampling_params, len(prompts))
+        loras = (list(lora_request) if isinstance(lora_request, Sequence)
+                 else [lora_request] * len(prompts))
+        if len(loras) != len(prompts):
+            raise ValueError(f"{len(loras)} lora requests for {len(prompts)} prompts")
         engine = self.engine
         encoded = [engine.encode_prompt(p) for p in prompts]
-        for token_ids in encoded:  # reject bad input before any request starts
+        for token_ids, lora in zip(encoded, loras):  # reject bad input before any starts
             engine.validate_prompt(token_ids)
+            engine.validate_lora(lora)
         request_ids = []
         try:
-            for prompt, token_ids, params in zip(prompts, encoded, params_list):
+            for prompt, token_ids, params, lora in zip(prompts, encoded, params_list, loras):
                 request_id = str(next(self._ids))
-                engine.add_request(request_id, token_ids, params)
+                engine.add_request(request_id, token_ids, params, lora)
                 request_ids.append(request_id)
             results: dict[str, RequestOutput] = {}
             while engine.has_unfinished_requests():

@@ -100,6 +100,15 @@ class AsyncLLM:
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
 
+    async def call(self, fn: Callable[[LLMEngine], object]) -> object:
+        """fn(engine), run in the engine thread between steps (the engine is not thread-safe);
+        its result, or its exception, comes back here."""
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._commands.put(("call", fn, loop, future))
+        return await future
+
     def is_healthy(self) -> bool:
         return (self.error is None and self._thread.is_alive()
                 and time.monotonic() - self.heartbeat < self.stall_seconds)
@@ -160,6 +169,14 @@ class AsyncLLM:
                         self._push(request_id, e)
             elif kind == "abort":
                 self.engine.abort_request(command[1])
+            elif kind == "call":
+                _, fn, loop, future = command
+                try:
+                    result = fn(self.engine)
+                except Exception as e:  # the caller's error, not the loop's
+                    loop.call_soon_threadsafe(_settle, future, None, e)
+                else:
+                    loop.call_soon_threadsafe(_settle, future, result, None)
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
@@ -173,3 +190,12 @@ class AsyncLLM:
         stream = self._streams.get(request_id)
         if stream is not None:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+
+def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if future.done():  # the caller went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

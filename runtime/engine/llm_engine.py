@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,18 +50,25 @@ class LLMEngine:
         cache = config.cache
         self.runner = ModelRunner(self.arch, self.model_folder, self.dtype, self.device,
                                   self.max_model_len, cache.block_size, config.load_format,
-                                  config.seed, config.kernel_backend)
+                                  config.seed, config.kernel_backend, config.lora)
         self.num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(self.num_blocks)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, cache.block_size,
                                                cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.kv_cache_manager, self.max_model_len)
+        scheduler_config = config.scheduler
+        if config.lora is not None:
+            scheduler_config = replace(scheduler_config, max_loras=config.lora.max_loras)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache_manager, self.max_model_len)
+        if self.runner.lora is not None:
+            self.runner.lora.pinned = lambda: {r.lora_id for r in self.scheduler.requests.values()}
         self.output_processor = OutputProcessor(self.tokenizer)
         self.log_stats = False  # set by servers that export metrics
         self.last_stats: IterationStats | None = None
         self._prefix_seen = (0, 0)
         self.runner.warm_up()
-        if self.device.type == "cuda" and self.runner.use_triton and not config.enforce_eager:
+        # Graphs are captured without adapters: with LoRA on, decode runs eagerly (for now).
+        if (self.device.type == "cuda" and self.runner.use_triton and not config.enforce_eager
+                and config.lora is None):
             self.runner.capture_cuda_graphs(config.scheduler.max_num_seqs)
         self.load_seconds = time.perf_counter() - started
         logger.info(
@@ -146,6 +154,18 @@ class LLMEngine:
                 raise ValueError(f"{name} must be at most the vocabulary size {vocab}, got "
                                  f"{value}")
 
+    def validate_lora(self, lora_request: LoRARequest | None) -> None:
+        """The adapter is read (once) at submission: a broken one fails its own request,
+        never a step that other requests share (LoRAAdapterError is a ValueError)."""
+        if lora_request is None:
+            return
+        if self.runner.lora is None:
+            raise ValueError(f"adapter {lora_request.lora_name!r} asked for, but LoRA is not "
+                             f"enabled (--enable-lora)")
+        if lora_request.lora_int_id < 1:
+            raise ValueError(f"lora_int_id must be at least 1, got {lora_request.lora_int_id}")
+        self.runner.lora.adapter(lora_request)
+
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     lora_request: LoRARequest | None = None) -> None:
         if request_id in self.output_processor.parents:
@@ -153,6 +173,7 @@ class LLMEngine:
         prompt_token_ids = self.encode_prompt(prompt)
         self.validate_prompt(prompt_token_ids)
         self.validate_params(params)
+        self.validate_lora(lora_request)
         params = params.with_eos(self.eos_token_ids)
         prompt_text = prompt if isinstance(prompt, str) else None
         completions = [CompletionOutput(i, "", [], None, None) for i in range(params.n)]

@@ -20,7 +20,9 @@ from infernetes.runtime.engine.varlen_metadata import triton_metadata
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
 from infernetes.runtime.layers.logprobs import token_logprobs
 from infernetes.runtime.layers.sampler import SamplingRow, sample
+from infernetes.runtime.config import LoRAConfig
 from infernetes.runtime.loader import initialize_dummy_weights, load_weights
+from infernetes.runtime.lora.manager import LoRAManager
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.models import model_class
 
@@ -32,7 +34,8 @@ _PROMPT_LOGPROBS_SLICE = 512  # positions whose [vocab] logits are held at once
 class ModelRunner:
     def __init__(self, arch: ModelArchConfig, folder: Path, dtype: torch.dtype,
                  device: torch.device, max_model_len: int, block_size: int,
-                 load_format: str = "auto", seed: int = 0, kernel_backend: str = "auto"):
+                 load_format: str = "auto", seed: int = 0, kernel_backend: str = "auto",
+                 lora: LoRAConfig | None = None):
         self.arch = arch
         self.dtype = dtype
         self.device = device
@@ -57,6 +60,9 @@ class ModelRunner:
         self._generators: dict[str, torch.Generator] = {}
         self.num_blocks = 0
         self.decode_graphs: DecodeGraphs | None = None
+        self.lora = None if lora is None else LoRAManager(
+            self.model, arch, lora.max_loras, lora.max_lora_rank,
+            lora.max_cpu_loras or lora.max_loras, dtype, device)
 
     # -- KV cache ---------------------------------------------------------------------------
 
@@ -126,6 +132,8 @@ class ModelRunner:
             return ModelRunnerOutput({})
         items = sorted(scheduler_output.scheduled, key=lambda s: not _is_decode(s))
         input_ids, positions, meta, logits_index = self._prepare(items)
+        if self.lora is not None:
+            self.lora.activate([(s.lora_request, len(s.token_ids)) for s in items])
         hidden = None
         if self.decode_graphs is not None and not meta.prefills:
             hidden = self.decode_graphs.run(input_ids, positions, meta)

@@ -79,10 +79,14 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[Request] = []
+        adapters: set[int] = set()  # the adapters this step uses: at most max_loras
 
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
+            if not self._adapter_fits(request, adapters):
+                i += 1  # it keeps its blocks and runs in a later step
+                continue
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             while self.kv.allocate_slots(request, num_new) is None:
                 victim = self.running.pop()
@@ -94,12 +98,15 @@ class Scheduler:
                 break
             scheduled.append(self._scheduled(request, num_new))
             budget -= num_new
+            adapters.add(request.lora_id)
             i += 1
 
         # Admitting new work while memory is short would only cause more preemption.
         while (self.waiting and budget > 0 and not preempted
                and len(self.running) < self.config.max_num_seqs):
             request = self.waiting[0]
+            if not self._adapter_fits(request, adapters):
+                break
             # Prompt logprobs need the logits of every prompt position: no prefix-cache hit.
             computed_blocks, num_cached = (([], 0) if request.needs_prompt_logprobs
                                            else self.kv.get_computed_blocks(request))
@@ -119,6 +126,7 @@ class Scheduler:
             self.running.append(request)
             scheduled.append(self._scheduled(request, num_new))
             budget -= num_new
+            adapters.add(request.lora_id)
 
         finished, self._finished_since_last_step = self._finished_since_last_step, []
         return SchedulerOutput(
@@ -150,6 +158,13 @@ class Scheduler:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _adapter_fits(self, request: Request, adapters: set[int]) -> bool:
+        """Whether the step can take one more request without needing more adapter slots
+        than exist (the base model, id 0, needs none)."""
+        lora_id, limit = request.lora_id, self.config.max_loras
+        return (lora_id == 0 or limit == 0 or lora_id in adapters
+                or len(adapters - {0}) < limit)
+
     def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
         start = request.num_computed_tokens
         return ScheduledRequest(
@@ -162,6 +177,7 @@ class Scheduler:
             prompt_token_ids=request.prompt_token_ids,
             output_token_ids=request.output_token_ids,
             lora_id=request.lora_id,
+            lora_request=request.lora_request,
             prompt_logprobs_start=_prompt_logprobs_start(request, start, start + num_new),
         )
 

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from infernetes.runtime.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from infernetes.runtime.request import LoRARequest
 
 
 @dataclass(slots=True)
@@ -21,6 +25,7 @@ class ScheduledRequest:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     lora_id: int = 0
+    lora_request: LoRARequest | None = None
     # When >= 0: also score prompt tokens from position prompt_logprobs_start + 1 up to the end
     # of the chunk, each by the logits of the position before it (sampling_params.prompt_logprobs).
     prompt_logprobs_start: int = -1

@@ -33,13 +33,17 @@ class LinearBase(nn.Module):
         self.input_size, self.output_size = input_size, output_size
         self.weight = _param(output_size, input_size, dtype=dtype, loader=self.weight_loader)
         self.bias = _param(output_size, dtype=dtype, loader=self.weight_loader) if bias else None
+        self.lora = None  # a LoRALayerState when adapters are enabled (runtime/lora/manager.py)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
                       shard_id: int | str | None = None) -> None:
         _copy(param.data, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        out = linear(x, self.weight, self.bias)
+        if self.lora is not None:
+            self.lora.apply(x, out)
+        return out
 
 
 class ColumnParallelLinear(LinearBase):
@@ -113,7 +117,10 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return linear(x, self.weight, self.bias)
+            out = linear(x, self.weight, self.bias)
+            if self.lora is not None:
+                self.lora.apply(x, out)
+            return out
         out = self.tp.all_reduce(linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 

@@ -11,9 +11,10 @@ from infernetes.runtime.server.chat import create_chat_completion, render_messag
 from infernetes.runtime.server.completions import create_completion
 from infernetes.runtime.server.context import ServingContext
 from infernetes.runtime.server.errors import OpenAIError, error_response, install_error_handlers
+from infernetes.runtime.server.adapters import LoRAModule
 from infernetes.runtime.server.protocol import (
-    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
-    TokenizeRequest)
+    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, LoadLoRAAdapterRequest,
+    ModelCard, ModelList, TokenizeRequest, UnloadLoRAAdapterRequest)
 
 
 def build_app(ctx: ServingContext) -> FastAPI:
@@ -50,9 +51,25 @@ def build_app(ctx: ServingContext) -> FastAPI:
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=ctx.served_model_name,
-                                         root=str(ctx.engine.engine.model_folder),
-                                         max_model_len=ctx.max_model_len)])
+        base = ModelCard(id=ctx.served_model_name, root=str(ctx.engine.engine.model_folder),
+                         max_model_len=ctx.max_model_len)
+        return ModelList(data=[base] + [
+            ModelCard(id=name, root=adapter.lora_path, parent=ctx.served_model_name,
+                      max_model_len=ctx.max_model_len)
+            for name, adapter in ctx.adapters.adapters.items()])
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: LoadLoRAAdapterRequest) -> Response:
+        await ctx.load_adapter(LoRAModule(request.lora_name, request.lora_path,
+                                          request.base_model_name))
+        return Response(f"Success: LoRA adapter '{request.lora_name}' added successfully.",
+                        media_type="text/plain")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: UnloadLoRAAdapterRequest) -> Response:
+        await ctx.unload_adapter(request.lora_name)
+        return Response(f"Success: LoRA adapter '{request.lora_name}' removed successfully.",
+                        media_type="text/plain")
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):

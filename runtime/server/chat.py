@@ -65,7 +65,7 @@ def _logprobs(completion: CompletionOutput, top_k: int) -> dict | None:
 
 
 async def create_chat_completion(ctx: ServingContext, request: ChatCompletionRequest):
-    ctx.check_model(request.model)
+    adapter = ctx.check_model(request.model)
     if request.response_format and request.response_format.get("type") not in (None, "text"):
         raise OpenAIError(400, "response_format other than text is not supported yet",
                           "response_format")
@@ -78,7 +78,7 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
     ctx.admit()
     request_id = random_id("chatcmpl")
     created = int(time.time())
-    stream = ctx.engine.generate(request_id, prompt_ids, params)
+    stream = ctx.track(adapter, ctx.engine.generate(request_id, prompt_ids, params, adapter))
     if request.stream:
         return StreamingResponse(_stream(ctx, request, request_id, created, stream,
                                          len(prompt_ids)), media_type="text/event-stream")
@@ -96,7 +96,7 @@ async def create_chat_completion(ctx: ServingContext, request: ChatCompletionReq
     completion_tokens = sum(len(c.token_ids) for c in final.outputs)
     return JSONResponse({
         "id": request_id, "object": "chat.completion", "created": created,
-        "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint,
+        "model": request.model or ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint,
         "choices": choices,
         "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
                   "total_tokens": len(prompt_ids) + completion_tokens},
@@ -134,7 +134,7 @@ async def _stream(ctx: ServingContext, request: ChatCompletionRequest, request_i
                   created: int, stream: AsyncIterator[RequestOutput],
                   num_prompt_tokens: int) -> AsyncIterator[str]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-            "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint}
+            "model": request.model or ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint}
     for index in range(request.n):  # the role comes first, once per choice
         yield sse({**base, "choices": [{"index": index, "delta": {"role": "assistant",
                                                                   "content": ""},

@@ -80,7 +80,7 @@ _NO_ECHO = _Echo("", None)
 
 
 async def create_completion(ctx: ServingContext, request: CompletionRequest):
-    ctx.check_model(request.model)
+    adapter = ctx.check_model(request.model)
     if request.suffix is not None:
         raise OpenAIError(400, "suffix is not supported", "suffix")
     engine = ctx.engine.engine
@@ -96,7 +96,8 @@ async def create_completion(ctx: ServingContext, request: CompletionRequest):
     request_id = random_id("cmpl")
     created = int(time.time())
     # Each call checks its prompt and params at once: nothing starts unless all are valid.
-    streams = [ctx.engine.generate(f"{request_id}-{i}", token_ids, params)
+    streams = [ctx.track(adapter, ctx.engine.generate(f"{request_id}-{i}", token_ids, params,
+                                                      adapter))
                for i, (token_ids, params) in enumerate(zip(encoded, params_per_prompt))]
     texts = [p if isinstance(p, str) else ctx.tokenizer.decode(p) if ctx.tokenizer else ""
              for p in prompts] if request.echo else None
@@ -118,12 +119,15 @@ async def create_completion(ctx: ServingContext, request: CompletionRequest):
                 "logprobs": _logprobs(completion, len(echo.text), echo.logprobs),
                 "finish_reason": completion.finish_reason,
                 "stop_reason": completion.stop_reason,
-                "prompt_logprobs": prompt_logprobs_json(output)})
+                "prompt_logprobs": prompt_logprobs_json(output),
+                **({"token_ids": completion.token_ids,
+                    "prompt_token_ids": output.prompt_token_ids}
+                   if request.return_token_ids else {})})
     prompt_tokens = sum(len(t) for t in encoded)
     completion_tokens = sum(len(c.token_ids) for o in finals.values() for c in o.outputs)
     return JSONResponse({
         "id": request_id, "object": "text_completion", "created": created,
-        "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint,
+        "model": request.model or ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint,
         "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens}})
@@ -133,7 +137,7 @@ async def _stream(ctx: ServingContext, request: CompletionRequest, request_id: s
                   created: int, streams: list[AsyncIterator[RequestOutput]],
                   encoded: list[list[int]], texts: list[str] | None) -> AsyncIterator[str]:
     base = {"id": request_id, "object": "text_completion", "created": created,
-            "model": ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint}
+            "model": request.model or ctx.served_model_name, "system_fingerprint": ctx.system_fingerprint}
     offsets: dict[int, int] = {}
     started: set[int] = set()
     completion_tokens = 0

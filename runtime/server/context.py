@@ -1,9 +1,12 @@
 """What every endpoint needs: the engine, the served name, limits and defaults."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from infernetes.runtime.engine.async_engine import AsyncLLM
+from infernetes.runtime.request import LoRARequest
+from infernetes.runtime.server.adapters import AdapterRegistry, LoRAModule
 from infernetes.runtime.server.errors import OpenAIError
 from infernetes.runtime.server.metrics import Metrics
 from infernetes.runtime.server.reasoning import ReasoningParser
@@ -20,6 +23,10 @@ class ServingContext:
     system_fingerprint: str = "infernetes-0.1.0"
     # Splits chat completions into reasoning_content and content (--reasoning-parser).
     reasoning_parser: ReasoningParser | None = None
+    adapters: AdapterRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.adapters = AdapterRegistry(self.served_model_name)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -42,9 +49,51 @@ class ServingContext:
             raise OpenAIError(503, f"the server is at its queue limit of {limit} waiting "
                                    f"requests; retry later", headers={"Retry-After": "1"})
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.served_model_name:
-            raise OpenAIError(404, f"The model `{model}` does not exist.", "model")
+    def check_model(self, model: str | None) -> LoRARequest | None:
+        """The adapter `model` names (None: the base model); 404 for an unknown name."""
+        return self.adapters.resolve(model)
+
+    async def load_adapter(self, module: LoRAModule) -> LoRARequest:
+        """Reads and checks the adapter in the engine thread; a broken one is refused (400)
+        and nothing else changes."""
+        if self.engine.engine.runner.lora is None:
+            raise OpenAIError(400, "LoRA is not enabled on this server (--enable-lora)",
+                              "lora_name")
+        if module.base_model_name not in (None, self.served_model_name):
+            raise OpenAIError(400, f"base_model_name {module.base_model_name!r} is not the "
+                                   f"served model {self.served_model_name!r}",
+                              "base_model_name")
+        request = self.adapters.new_request(module.name, module.path)
+        try:
+            await self.engine.call(lambda engine: engine.validate_lora(request))
+        except ValueError as e:
+            raise OpenAIError(400, str(e), "lora_path") from None
+        self.adapters.add(request)
+        self._count_adapters()
+        return request
+
+    async def unload_adapter(self, name: str) -> None:
+        request = self.adapters.remove(name)
+        await self.engine.call(lambda engine: engine.runner.lora.remove(request.lora_int_id))
+        self._count_adapters()
+
+    async def track(self, adapter: LoRARequest | None, stream: AsyncIterator
+                    ) -> AsyncIterator:
+        """`stream`, counted as in flight on `adapter` while it runs (unload refuses then)."""
+        with self.adapters.using(adapter):
+            self._count_adapters()
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                await stream.aclose()
+        self._count_adapters()
+
+    def _count_adapters(self) -> None:
+        if self.metrics is not None:
+            self.metrics.adapters.set(len(self.adapters.adapters))
+            self.metrics.adapters_running.set(
+                sum(1 for n in self.adapters.in_flight.values() if n > 0))
 
     def check_length(self, num_prompt_tokens: int, max_tokens: int | None,
                      what: str = "prompt") -> int:

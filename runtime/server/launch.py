@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -29,6 +30,9 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
                         "think tags: deepseek_r1 (DeepSeek-R1 and its distills, QwQ: "
                         "reasoning until </think>) or qwen3 (reasoning only in an output "
                         "that opens with <think>)")
+    g.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                   help="adapters to serve from the start (needs --enable-lora): NAME=PATH or "
+                        '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     g.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
 
@@ -47,6 +51,9 @@ def run_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     from infernetes.runtime.cli_args import engine_config_from_args
+    from infernetes.runtime.config import ConfigError
+    from infernetes.runtime.server.adapters import parse_lora_module
+    from infernetes.runtime.server.errors import OpenAIError
     from infernetes.runtime.engine.async_engine import AsyncLLM
     from infernetes.runtime.engine.llm_engine import LLMEngine
     from infernetes.runtime.server.app import build_app
@@ -54,6 +61,9 @@ def run_server(args: argparse.Namespace) -> int:
     from infernetes.runtime.server.metrics import Metrics
 
     started = time.perf_counter()
+    modules = [parse_lora_module(text) for text in args.lora_modules]
+    if modules and not args.enable_lora:
+        raise ConfigError("--lora-modules needs --enable-lora")
     config = engine_config_from_args(args, args.model)
     config.served_model_name = args.served_model_name
     served_model_name = config.resolved_served_model_name
@@ -62,6 +72,11 @@ def run_server(args: argparse.Namespace) -> int:
     ctx = ServingContext(async_llm, served_model_name, api_keys(args), metrics,
                          args.max_num_queued_requests,
                          reasoning_parser=get_reasoning_parser(args.reasoning_parser))
+    for module in modules:
+        try:
+            asyncio.run(ctx.load_adapter(module))
+        except OpenAIError as e:
+            raise ConfigError(f"--lora-modules {module.name}: {e.message}") from None
     app = build_app(ctx)
     logger.info("serving %s on http://%s:%d/v1 (ready in %.1f s)", served_model_name,
                 args.host, args.port, time.perf_counter() - started)

@@ -29,6 +29,8 @@ class Metrics:
         self.kv_usage = gauge("infernetes_kv_cache_usage_ratio",
                               "Fraction of KV-cache blocks held by requests (0-1).")
         self.adapters = gauge("infernetes_lora_adapters_loaded", "LoRA adapters loaded.")
+        self.adapters_running = gauge("infernetes_lora_adapters_running",
+                                      "LoRA adapters with requests in flight.")
         self.prompt_tokens = Counter("infernetes_prompt_tokens", "Prompt tokens processed.",
                                      base, registry=registry).labels(model_name)
         self.generation_tokens = Counter("infernetes_generation_tokens", "Tokens generated.",

@@ -74,6 +74,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
+    return_token_ids: bool = False  # vLLM's: choices carry token_ids (and prompt_token_ids)
 
     def to_sampling_params(self, defaults: dict[str, Any]) -> SamplingParams:
         return self._sampling(self.max_tokens, self.logprobs, defaults,
@@ -128,6 +129,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "infernetes"
     root: str | None = None
+    parent: str | None = None  # for an adapter: the base model it runs on
     max_model_len: int | None = None
 
 
@@ -147,3 +149,13 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     model: str | None = None
     tokens: list[int]
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_path: str = Field(min_length=1)
+    base_model_name: str | None = None
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    lora_name: str = Field(min_length=1)

@@ -48,6 +48,8 @@ def start_server(api_keys: list[str] | None = None, max_num_queued_requests: int
     from infernetes.runtime.server.metrics import Metrics
     from infernetes.runtime.server.reasoning import get_reasoning_parser
     config = EngineConfig(
+        model=engine_kwargs.pop("model", None), lora=engine_kwargs.pop("lora", None),
+        skip_tokenizer_init=engine_kwargs.pop("skip_tokenizer_init", False),
         dtype="float32", max_model_len=engine_kwargs.pop("max_model_len", 2048),
         cache=CacheConfig(kv_cache_memory=engine_kwargs.pop("kv_cache_memory", 256 << 20)),
         scheduler=SchedulerConfig(**engine_kwargs))

@@ -18,7 +18,9 @@ SERVE = [sys.executable, "-m", "infernetes.runtime.cli", "serve"]
 
 
 @pytest.mark.parametrize("flags,named", [
-    (["--enable-lora"], "--enable-lora"),
+    (["--lora-modules", "sql=/nowhere"], "--lora-modules needs --enable-lora"),
+    (["--lora-modules", "sql"], "--lora-modules: expected NAME=PATH"),
+    (["--enable-lora", "--max-loras", "0"], "--max-loras must be at least 1"),
     (["--tensor-parallel-size", "2"], "--tensor-parallel-size"),
     (["--tool-call-parser", "hermes"], "--tool-call-parser"),
     (["--no-such-flag"], "--no-such-flag"),

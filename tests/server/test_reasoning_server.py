@@ -44,7 +44,8 @@ class ScriptedEngine:
                                       default_sampling={}, model_folder="scripted",
                                       encode_prompt=tokenizer.encode)
 
-    def generate(self, request_id: str, prompt: list[int], params: SamplingParams):
+    def generate(self, request_id: str, prompt: list[int], params: SamplingParams,
+                 lora_request=None):
         return self._outputs(request_id, prompt, params)
 
     async def _outputs(self, request_id, prompt, params):
