@@ -20,13 +20,13 @@ Run on a CUDA machine from the repository root (with infernetes importable):
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 
+from infernetes.benchmarks.gpu.bench_small_kernels import time_ms
 from infernetes.kernels import lora as torch_lora
 from infernetes.kernels.triton import lora as triton_lora
 
@@ -155,30 +155,14 @@ def build_case(layer: LoRALayer, batch: Batch, num_adapters: int, rank: int,
 
 # -- timing ----------------------------------------------------------------------------------
 
-def time_ms(fn: Callable[[], Any], flush: torch.Tensor) -> float:
-    """Median of REPEATS calls, each after an L2 flush, each timed alone with CUDA events."""
-    for _ in range(WARMUP):
-        fn()
-    pairs = []
-    for _ in range(REPEATS):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in pairs)
-
-
 def measure(case: Case, rank: int, flush: torch.Tensor) -> dict[str, Any]:
     case.triton()
     triton_out = case.out.clone()
     case.torch()
     max_abs_diff = (triton_out.float() - case.out.float()).abs().max().item()
-    base_ms = time_ms(case.base, flush)
-    triton_ms = time_ms(case.triton, flush)
-    torch_ms = time_ms(case.torch, flush)
+    base_ms = time_ms(case.base, flush, WARMUP, REPEATS)
+    triton_ms = time_ms(case.triton, flush, WARMUP, REPEATS)
+    torch_ms = time_ms(case.torch, flush, WARMUP, REPEATS)
     n = case.batch.num_tokens
     slots = spread_slots(case.batch, case.num_adapters)
     num_lora_tokens = sum(slot >= 0 for slot in slots)

@@ -150,12 +150,14 @@ def build_cases(shape: ModelShape, num_tokens: int, dtype: torch.dtype,
 
 # -- timing ----------------------------------------------------------------------------------
 
-def time_ms(fn: Callable[[], Any], flush: torch.Tensor) -> float:
-    """Median of REPEATS calls, each after an L2 flush, each timed alone with CUDA events."""
-    for _ in range(WARMUP):
+def time_ms(fn: Callable[[], Any], flush: torch.Tensor, warmup: int = WARMUP,
+            repeats: int = REPEATS) -> float:
+    """Median of `repeats` calls, each after an L2 flush, each timed alone with CUDA events
+    (also the LoRA benchmark's timer)."""
+    for _ in range(warmup):
         fn()
     pairs = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
