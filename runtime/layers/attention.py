@@ -20,13 +20,17 @@ class PrefillChunk:
     token_start: int  # index of the chunk's first token in the batch
     num_tokens: int
     context_len: int  # tokens of this sequence already in the cache
-    block_table: torch.Tensor  # [num_blocks covering context_len + num_tokens] (int64)
+    # [num_blocks covering context_len + num_tokens] (int64); None on the Triton path, whose
+    # kernels read TritonAttentionMetadata.prefill_block_tables instead.
+    block_table: torch.Tensor | None
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] (int64): where each token's K/V is written
-    kv_store_index: torch.Tensor  # the same slots as cache rows, see kernels.kv_store_index
+    # The same slots as cache rows (kernels.kv_store_index), for the torch path; the Triton KV
+    # store reads slot_mapping itself.
+    kv_store_index: torch.Tensor
     num_decode_tokens: int
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] (int64)
     decode_key_mask: torch.Tensor | None = None  # [num_decodes, max_blocks * block_size]
