@@ -8,7 +8,9 @@ defaults (`imagePullPolicy`, `protocol: TCP`, `terminationMessagePath`, Job sele
 ...), others add labels and annotations; none of that is a difference. Dicts match key by key,
 lists element-wise when their lengths are equal, `None` or an empty dict/list in the desired
 state means "no opinion". Resource quantities compare by value ("1024Mi" == "1Gi").
-What this cannot see: a key we set once and no longer desire (we keep no record of it).
+What this cannot see: a key we set once and no longer desire (we keep no record of it), but
+for the pod-template fields a builder sets only sometimes (_OPTIONAL_POD_FIELDS), which the
+patch of a Deployment removes when the desired template lacks them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ _IMMUTABLE_SPEC = {
     "Job": ("selector", "template", "completions", "completionMode", "podFailurePolicy"),
     "Deployment": ("selector",),
 }
+# Set by the Deployment builder only when the spec asks for them. Read as "no opinion" when
+# absent, they would outlive their cause: init containers of adapters no longer served, mounting
+# a volume the pod no longer has (which the API server refuses), or pods still pinned to nodes.
+_OPTIONAL_POD_FIELDS = ("initContainers", "nodeSelector", "tolerations")
 _PVC = "PersistentVolumeClaim"
 _APPLY_ORDER = {_PVC: 0, "Job": 1, "Deployment": 2, "Service": 3}
 _QUANTITY_MAPS = ("requests", "limits")  # their values are quantities
@@ -112,7 +118,21 @@ def _plan_one(want: dict[str, Any], have: dict[str, Any] | None,
                 return [_skip(want, f"{reason}; not owned by this InferenceService")]
             return [_delete(have, f"{reason}; re-created next pass")]
     patch = _object_patch(want, have)
+    if want["kind"] == "Deployment":
+        _remove_optional_pod_fields(want, have, patch)
     return [_patch(want, patch)] if patch else []
+
+
+def _remove_optional_pod_fields(want: dict[str, Any], have: dict[str, Any],
+                                patch: dict[str, Any]) -> None:
+    """Adds to `patch` a null for each of _OPTIONAL_POD_FIELDS the live pod template has and
+    the desired one does not."""
+    pod = ((want.get("spec") or {}).get("template") or {}).get("spec") or {}
+    have_pod = ((have.get("spec") or {}).get("template") or {}).get("spec") or {}
+    removed = {key: None for key in _OPTIONAL_POD_FIELDS if have_pod.get(key) and not pod.get(key)}
+    if removed:
+        patch.setdefault("spec", {}).setdefault("template", {}).setdefault(
+            "spec", {}).update(removed)
 
 
 def _plan_pvc(want: dict[str, Any], have: dict[str, Any]) -> list[Action]:

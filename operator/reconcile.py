@@ -89,10 +89,6 @@ class Reconciler:
         except ValidationError as e:
             await self._report_invalid(obj, _validation_message(e))
             return None
-        if isvc.spec.adapters:
-            await self._warn_once(isvc, "AdaptersNotServed",
-                                  "spec.adapters: this runtime version serves the base model "
-                                  "only; the adapters are not loaded")
         children = await self._observe(isvc)
         cache_bytes = await self._record_completed_download(isvc, children)
         try:

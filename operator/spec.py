@@ -28,6 +28,9 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
+# The runtime's --max-loras cap: each adapter one step may use is a slot of GPU memory in every
+# layer (sized by the max rank), used or not; requests for further adapters wait a step.
+MAX_ADAPTERS_PER_STEP = 8
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -66,11 +69,18 @@ class ModelSpec(ApiModel):
 
 
 class AdapterSpec(ApiModel):
-    name: Annotated[str, Field(description="The adapter's model name in requests.",
+    name: Annotated[str, Field(description="The adapter's model name: a request with "
+                                           "\"model\": NAME is served by the base model with "
+                                           "this adapter.",
                                pattern=SERVED_NAME_PATTERN, max_length=256)]
-    source: Annotated[str, Field(description="Where the adapter's weights come from (same forms "
-                                             "as spec.model.source).",
-                                 pattern=SOURCE_PATTERN, max_length=512)]
+    source: Annotated[str, Field(
+        description="Where the adapter comes from: a PEFT LoRA folder (adapter_config.json, "
+                    "adapter_model.safetensors or .bin) trained on spec.model. "
+                    "hf://ORG/NAME[@REVISION]: "
+                    "every runtime pod downloads it (an init container; with "
+                    "spec.model.tokenSecretRef's token) before the runtime starts. "
+                    "pvc://CLAIM/PATH: read in place from that claim, mounted read-only.",
+        pattern=SOURCE_PATTERN, max_length=512)]
 
 
 class TolerationOperator(str, enum.Enum):
@@ -138,6 +148,10 @@ class EngineSpec(ApiModel):
     enable_prefix_caching: Annotated[bool, Field(description="Reuse the KV cache of shared "
                                                              "prompt prefixes.")] = True
     dtype: Annotated[Dtype, Field(description="Weights and activations dtype.")] = Dtype.auto
+    max_lora_rank: Annotated[int | None, Field(
+        description="Largest rank among spec.adapters: an adapter of a higher rank fails to "
+                    "load, and the runtime does not start. GPU memory for adapters grows with "
+                    "it. Default: 16.", ge=1, le=512)] = None
     extra_args: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(
         description="More `infernetes serve` flags, appended as given.", max_length=64)] = []
 
@@ -197,8 +211,12 @@ class InferenceServiceSpec(ApiModel):
     ]})
 
     model: Annotated[ModelSpec, Field(description="The model to serve.")]
-    adapters: Annotated[list[AdapterSpec], Field(description="LoRA adapters served on top of "
-                                                             "the model.", max_length=64)] = []
+    adapters: Annotated[list[AdapterSpec], Field(
+        description="LoRA adapters served on top of the model, each under its own name, mixed "
+                    f"in one batch (up to {MAX_ADAPTERS_PER_STEP} adapters in one step). "
+                    "Changing the list rolls the pods; the old ones serve until the new ones "
+                    "are ready.",
+        max_length=64)] = []
     resources: Annotated[ResourcesSpec, Field(description="What each replica gets.")
                          ] = ResourcesSpec()
     parallelism: Annotated[ParallelismSpec, Field(description="How one replica splits the "

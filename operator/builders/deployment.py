@@ -12,9 +12,11 @@ import json
 from typing import Any
 
 from infernetes.operator import naming
+from infernetes.operator.builders.adapters import AdapterPodParts, adapter_pod_parts
 from infernetes.operator.builders.probes import (
     PORT_NAME, liveness_probe, readiness_probe, startup_budget_seconds, startup_probe)
-from infernetes.operator.builders.pvc import MODEL_MOUNT, ModelVolume, model_volume
+from infernetes.operator.builders.pvc import (
+    MODEL_MOUNT, MODEL_VOLUME, ModelVolume, claim_volume, model_volume)
 from infernetes.operator.builders.security import (
     container_security_context, pod_security_context)
 from infernetes.operator.builders.serve_args import RUNTIME_PORT, serve_args
@@ -62,8 +64,7 @@ def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
 
 def _volumes(model: ModelVolume, config: OperatorConfig) -> list[dict[str, Any]]:
     return [
-        {"name": "model", "persistentVolumeClaim": {"claimName": model.claim_name,
-                                                    "readOnly": True}},
+        claim_volume(MODEL_VOLUME, model.claim_name),
         # NCCL and torch share tensors between processes through /dev/shm.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
         {"name": "tmp", "emptyDir": {}},
@@ -71,7 +72,8 @@ def _volumes(model: ModelVolume, config: OperatorConfig) -> list[dict[str, Any]]
 
 
 def _volume_mounts(model: ModelVolume) -> list[dict[str, Any]]:
-    model_mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+    model_mount: dict[str, Any] = {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT,
+                                   "readOnly": True}
     if model.sub_path is not None:
         model_mount["subPath"] = model.sub_path
     return [model_mount, {"name": "dshm", "mountPath": "/dev/shm"},
@@ -79,7 +81,7 @@ def _volume_mounts(model: ModelVolume) -> list[dict[str, Any]]:
 
 
 def _container(isvc: InferenceService, config: OperatorConfig, model: ModelVolume,
-               model_bytes: int | None) -> dict[str, Any]:
+               adapters: AdapterPodParts, model_bytes: int | None) -> dict[str, Any]:
     budget = startup_budget_seconds(model_bytes, isvc.spec.resources.gpus)
     container = {
         "name": CONTAINER_NAME,
@@ -89,7 +91,7 @@ def _container(isvc: InferenceService, config: OperatorConfig, model: ModelVolum
         "args": serve_args(isvc, config, model.model_path),
         "ports": [{"name": PORT_NAME, "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
         "env": _env(isvc),
-        "volumeMounts": _volume_mounts(model),
+        "volumeMounts": _volume_mounts(model) + adapters.volume_mounts,
         "startupProbe": startup_probe(budget),
         "readinessProbe": readiness_probe(),
         "livenessProbe": liveness_probe(),
@@ -106,6 +108,7 @@ def _pod_template(isvc: InferenceService, config: OperatorConfig,
                   model_bytes: int | None) -> dict[str, Any]:
     spec = isvc.spec
     model = model_volume(spec)
+    adapters = adapter_pod_parts(isvc, config, model)
     # Ours win over extra_pod_labels: the selector depends on them.
     labels = {**config.extra_pod_labels,
               **naming.common_labels(isvc.name, naming.COMPONENT_RUNTIME)}
@@ -116,9 +119,11 @@ def _pod_template(isvc: InferenceService, config: OperatorConfig,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": config.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
         "securityContext": pod_security_context(writes_volumes=False),
-        "containers": [_container(isvc, config, model, model_bytes)],
-        "volumes": _volumes(model, config),
+        "containers": [_container(isvc, config, model, adapters, model_bytes)],
+        "volumes": _volumes(model, config) + adapters.volumes,
     }
+    if adapters.init_containers:
+        pod_spec["initContainers"] = adapters.init_containers
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
@@ -130,8 +135,9 @@ def _pod_template(isvc: InferenceService, config: OperatorConfig,
 def build_deployment(isvc: InferenceService, config: OperatorConfig,
                      model_bytes: int | None) -> dict[str, Any]:
     """`model_bytes`: the model's size (sizes the startup probe); None when unknown. Raises
-    ValueError naming the field for a spec the builders cannot honour (see serve_args and
-    pvc.model_volume).
+    ValueError naming the field for a spec the builders cannot honour (see serve_args,
+    pvc.model_volume and adapters.adapter_path). spec.adapters add init containers and volumes
+    to the pods (adapters.py).
 
     RollingUpdate with maxSurge 1, maxUnavailable 0 keeps every replica serving during a
     rollout; it needs room (GPUs) for one extra replica, else the rollout waits for it.

@@ -20,6 +20,7 @@ from infernetes.runtime.download.failures import EXIT_CODES, DownloadFailure
 CONTAINER_NAME = "download"
 DOWNLOAD_DEST = f"{CACHE_MOUNT}/{MODEL_DIR}"
 PROGRESS_INTERVAL_SECONDS = 5
+TMP_VOLUME = "tmp"  # an emptyDir every pod with a download container has
 # Exit codes after which another attempt cannot succeed (bad token, no such model, full disk).
 PERMANENT_EXIT_CODES = sorted(code for reason, code in EXIT_CODES.items()
                               if reason is not DownloadFailure.NetworkError)
@@ -42,7 +43,12 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
-def _container(isvc: InferenceService, config: OperatorConfig) -> dict[str, Any]:
+def download_container(isvc: InferenceService, config: OperatorConfig, name: str, source: str,
+                       dest: str, dest_mount: dict[str, Any]) -> dict[str, Any]:
+    """A container running `infernetes download SOURCE DEST`: the runtime image, the Hugging
+    Face token of spec.model.tokenSecretRef, the restricted security context. `dest_mount` is
+    the volume mount that holds DEST; the pod must also have an emptyDir volume named
+    TMP_VOLUME (HOME, huggingface_hub's scratch files)."""
     spec = isvc.spec
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if spec.model.token_secret_ref is not None:
@@ -50,17 +56,16 @@ def _container(isvc: InferenceService, config: OperatorConfig) -> dict[str, Any]
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": ref.name, "key": ref.key}}})
     return {
-        "name": CONTAINER_NAME,
+        "name": name,
         "image": spec.image or config.runtime_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["infernetes"],
-        "args": ["download", spec.model.source, DOWNLOAD_DEST,
+        "args": ["download", source, dest,
                  "--progress-interval", str(PROGRESS_INTERVAL_SECONDS)],
         "env": env,
         "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
                       "limits": {"memory": "2Gi"}},
-        "volumeMounts": [{"name": "cache", "mountPath": CACHE_MOUNT},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [dest_mount, {"name": TMP_VOLUME, "mountPath": "/tmp"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
     }
@@ -92,11 +97,13 @@ def build_download_job(isvc: InferenceService, config: OperatorConfig) -> dict[s
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(writes_volumes=True),
-                    "containers": [_container(isvc, config)],
+                    "containers": [download_container(
+                        isvc, config, CONTAINER_NAME, source, DOWNLOAD_DEST,
+                        {"name": "cache", "mountPath": CACHE_MOUNT})],
                     "volumes": [
                         {"name": "cache", "persistentVolumeClaim": {
                             "claimName": naming.cache_claim_name(source)}},
-                        {"name": "tmp", "emptyDir": {}},
+                        {"name": TMP_VOLUME, "emptyDir": {}},
                     ],
                 },
             },

@@ -5,6 +5,7 @@ hf://  : the download Job writes the model to CACHE_MOUNT/MODEL_DIR of the cache
          runtime mounts the same claim read-only at MODEL_MOUNT and serves MODEL_MOUNT/MODEL_DIR.
 pvc:// : nothing is downloaded; the runtime mounts CLAIM read-only at MODEL_MOUNT with
          subPath PATH and serves MODEL_MOUNT.
+pvc:// adapters are parsed and mounted with the same functions (adapters.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from infernetes.runtime.download.source import PVCSource, parse_model_source
 CACHE_MOUNT = "/cache"   # where the download Job mounts the cache claim (read-write)
 MODEL_MOUNT = "/models"  # where the runtime mounts the model's claim (read-only)
 MODEL_DIR = "model"      # the folder of the model inside a cache claim
+MODEL_VOLUME = "model"   # the runtime pod's volume of the model's claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,23 +32,39 @@ class ModelVolume:
     model_path: str       # what `infernetes serve` is given
 
 
+def is_hub_source(source: str) -> bool:
+    """True for an hf:// source (fetched with `infernetes download`), False for pvc://."""
+    return source.startswith("hf://")
+
+
 def needs_download(spec: InferenceServiceSpec) -> bool:
     """True when the model must be fetched into a cache claim first (hf:// sources)."""
-    return spec.model.source.startswith("hf://")
+    return is_hub_source(spec.model.source)
 
 
-def model_volume(spec: InferenceServiceSpec) -> ModelVolume:
-    """Raises ValueError naming spec.model.source when a pvc:// path is unusable (e.g. `..`),
-    which the CRD's pattern lets through."""
-    source = spec.model.source
-    if needs_download(spec):
-        return ModelVolume(naming.cache_claim_name(source), None, f"{MODEL_MOUNT}/{MODEL_DIR}")
+def pvc_source(source: str, field: str) -> PVCSource:
+    """The claim and path of a pvc:// source. Raises ValueError naming `field` when the path is
+    unusable (e.g. `..`), which the CRD's pattern lets through."""
     try:
         parsed = parse_model_source(source)
     except ValueError as e:
-        raise ValueError(f"spec.model.source: {e}") from e
+        raise ValueError(f"{field}: {e}") from e
     if not isinstance(parsed, PVCSource):
-        raise ValueError(f"spec.model.source: {source!r} is neither hf:// nor pvc://")
+        raise ValueError(f"{field}: {source!r} is neither hf:// nor pvc://")
+    return parsed
+
+
+def claim_volume(name: str, claim_name: str) -> dict[str, Any]:
+    """A pod volume of an existing claim, read-only: the runtime never writes weights."""
+    return {"name": name, "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True}}
+
+
+def model_volume(spec: InferenceServiceSpec) -> ModelVolume:
+    """Raises ValueError naming spec.model.source when a pvc:// path is unusable."""
+    source = spec.model.source
+    if needs_download(spec):
+        return ModelVolume(naming.cache_claim_name(source), None, f"{MODEL_MOUNT}/{MODEL_DIR}")
+    parsed = pvc_source(source, "spec.model.source")
     return ModelVolume(parsed.claim, parsed.path or None, MODEL_MOUNT)
 
 

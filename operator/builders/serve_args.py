@@ -7,8 +7,10 @@ except the flags the pod's ports and probes depend on.
 """
 from __future__ import annotations
 
+from infernetes.operator.builders.adapters import lora_modules
 from infernetes.operator.config import OperatorConfig
 from infernetes.operator.resource import InferenceService
+from infernetes.operator.spec import MAX_ADAPTERS_PER_STEP
 
 RUNTIME_PORT = 8000  # the container port, named "http"; the Service's targetPort and probes
 # Flags that would break the pod's wiring if extraArgs overrode them.
@@ -17,7 +19,8 @@ RESERVED_FLAGS = ("--host", "--port")
 
 def serve_args(isvc: InferenceService, config: OperatorConfig, model_path: str) -> list[str]:
     """The arguments after `infernetes` (the container's command). Raises ValueError naming
-    spec.engine.extraArgs when they set a reserved flag."""
+    spec.engine.extraArgs when they set a reserved flag, or the source of an adapter whose
+    pvc:// path is unusable."""
     spec, engine = isvc.spec, isvc.spec.engine
     _check_extra_args(engine.extra_args)
     args = ["serve", model_path,
@@ -36,7 +39,24 @@ def serve_args(isvc: InferenceService, config: OperatorConfig, model_path: str) 
         args += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
     if engine.max_model_len is not None:
         args += ["--max-model-len", str(engine.max_model_len)]
-    return args + list(engine.extra_args)
+    return args + _lora_args(isvc) + list(engine.extra_args)
+
+
+def _lora_args(isvc: InferenceService) -> list[str]:
+    """Every adapter of the spec stays in CPU memory (the runtime's default --max-cpu-loras is
+    --max-loras): adapters are small, and steps switching between more than
+    MAX_ADAPTERS_PER_STEP of them then never read a file."""
+    spec = isvc.spec
+    if not spec.adapters:
+        return []
+    max_loras = min(len(spec.adapters), MAX_ADAPTERS_PER_STEP)
+    args = ["--enable-lora", "--lora-modules", *lora_modules(spec),
+            "--max-loras", str(max_loras)]
+    if len(spec.adapters) > max_loras:
+        args += ["--max-cpu-loras", str(len(spec.adapters))]
+    if spec.engine.max_lora_rank is not None:
+        args += ["--max-lora-rank", str(spec.engine.max_lora_rank)]
+    return args
 
 
 def _check_extra_args(extra_args: list[str]) -> None:

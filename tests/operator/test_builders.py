@@ -11,11 +11,13 @@ from infernetes.operator import naming
 from infernetes.operator.builders import (
     build_cache_pvc, build_children, build_deployment, build_download_job, build_service,
     desired_replicas, needs_download, serve_args, spec_hash, startup_budget_seconds)
+from infernetes.operator.builders.adapters import adapter_dir
 from infernetes.operator.config import OperatorConfig
 from infernetes.operator.resource import InferenceService
 from infernetes.runtime.cli_args import (
     add_compatibility_args, add_engine_args, engine_config_from_args)
 from infernetes.runtime.download.failures import EXIT_CODES, DownloadFailure
+from infernetes.runtime.server.adapters import parse_lora_module
 from infernetes.runtime.server.launch import add_server_args
 from manifest_validation import assert_valid_manifest
 
@@ -41,6 +43,16 @@ SPECS: dict[str, dict[str, Any]] = {
     "pvc": {"model": {"source": "pvc://models/llama/3b"}},
     "autoscaling": {"model": {"source": HF}, "replicas": 10,
                     "autoscaling": {"minReplicas": 2, "maxReplicas": 4}},
+    # Every way to place an adapter: downloaded (one named like a Hub repo), on the model's
+    # claim, two on another claim.
+    "adapters": {"model": {"source": "pvc://models/llama/3b",
+                           "tokenSecretRef": {"name": "hf-token", "key": "token"}},
+                 "adapters": [{"name": "sql", "source": "hf://org/sql-lora@v2"},
+                              {"name": "chat", "source": "pvc://models/adapters/chat"},
+                              {"name": "org/support", "source": "hf://org/support-lora"},
+                              {"name": "a", "source": "pvc://loras/a"},
+                              {"name": "b", "source": "pvc://loras/team/b"}],
+                 "engine": {"maxLoraRank": 64}},
 }
 
 
@@ -57,6 +69,17 @@ def with_spec(base: str, **changes: Any) -> InferenceService:
 def runtime_container(deployment: dict[str, Any]) -> dict[str, Any]:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     return container
+
+
+def assert_mounts_resolve(pod: dict[str, Any]) -> None:
+    """What the API server checks and kubernetes-validate does not: every mount names a volume
+    of the pod, and no container mounts two things at one path."""
+    volumes = [volume["name"] for volume in pod["volumes"]]
+    assert len(volumes) == len(set(volumes)), volumes
+    for container in pod["containers"] + pod.get("initContainers", []):
+        paths = [mount["mountPath"] for mount in container["volumeMounts"]]
+        assert len(paths) == len(set(paths)), paths
+        assert {mount["name"] for mount in container["volumeMounts"]} <= set(volumes)
 
 
 def parse_serve(args: list[str]) -> argparse.Namespace:
@@ -79,6 +102,8 @@ def test_every_built_object_validates_against_kubernetes_1_33(spec_name: str) ->
     assert children, spec_name
     for obj in children:
         assert_valid_manifest(obj)
+        if obj["kind"] in ("Deployment", "Job"):
+            assert_mounts_resolve(obj["spec"]["template"]["spec"])
 
 
 class TestBuildChildren:
@@ -177,22 +202,53 @@ class TestServeArgs:
         assert (parsed.model, parsed.host, parsed.port) == ("/models/model", "0.0.0.0", 8000)
         assert parsed.served_model_name == "qwen" and parsed.device == "cuda"
         assert parsed.drain_timeout == CONFIG.drain_timeout_seconds
-        assert parsed.tensor_parallel_size is None and parsed.max_model_len is None
+        assert parsed.tensor_parallel_size == 1 and parsed.max_model_len is None
         config = engine_config_from_args(parsed, parsed.model)  # the runtime's own checks
         assert config.scheduler.max_num_seqs == 256 and config.cache.enable_prefix_caching
 
     def test_cpu_runs_on_cpu(self) -> None:
         parsed = parse_serve(serve_args(isvc_of(SPECS["cpu"]), CONFIG, "/models/model"))
-        assert parsed.device == "cpu" and parsed.tensor_parallel_size is None
+        assert parsed.device == "cpu" and parsed.tensor_parallel_size == 1
 
     def test_every_engine_field_reaches_the_runtime(self) -> None:
         args = serve_args(isvc_of(SPECS["tp4"]), CONFIG, "/models/model")
         parsed = parse_serve(args)
         assert parsed.served_model_name == "qwen2.5-7b" and parsed.dtype == "bfloat16"
-        assert parsed.tensor_parallel_size == "4" and parsed.max_model_len == 8192
+        assert parsed.tensor_parallel_size == 4 and parsed.max_model_len == 8192
         assert parsed.max_num_seqs == 64 and parsed.enable_prefix_caching is False
         assert parsed.max_num_batched_tokens == 4096
         assert args[-2:] == ["--max-num-batched-tokens", "4096"]  # extraArgs come last
+
+    def test_adapters_reach_the_runtime_as_lora_modules(self) -> None:
+        parsed = parse_serve(serve_args(isvc_of(SPECS["adapters"]), CONFIG, "/models"))
+        assert parsed.enable_lora and parsed.max_loras == 5 and parsed.max_lora_rank == 64
+        assert parsed.lora_modules == [
+            "sql=/adapters/sql", "chat=/adapter-claims/models/adapters/chat",
+            f"org/support=/adapters/{adapter_dir('org/support')}",
+            "a=/adapter-claims/loras/a", "b=/adapter-claims/loras/team/b"]
+        modules = [parse_lora_module(text) for text in parsed.lora_modules]
+        assert [m.name for m in modules] == ["sql", "chat", "org/support", "a", "b"]
+        lora = engine_config_from_args(parsed, parsed.model).lora  # the runtime's own checks
+        assert (lora.max_loras, lora.max_lora_rank, lora.max_cpu_loras) == (5, 64, None)
+
+    def test_no_adapters_no_lora(self) -> None:
+        parsed = parse_serve(serve_args(isvc_of(SPECS["minimal-gpu"]), CONFIG, "/models/m"))
+        assert not parsed.enable_lora and parsed.lora_modules == []
+        assert engine_config_from_args(parsed, parsed.model).lora is None
+        no_adapters = with_spec("minimal-gpu", engine={"maxLoraRank": 64})
+        assert "--max-lora-rank" not in serve_args(no_adapters, CONFIG, "/models/m")
+
+    def test_slots_capped_every_adapter_kept_in_cpu_memory(self) -> None:
+        adapters = [{"name": f"a{i}", "source": f"hf://org/a{i}"} for i in range(20)]
+        parsed = parse_serve(serve_args(with_spec("minimal-gpu", adapters=adapters), CONFIG,
+                                        "/models/m"))
+        assert len(parsed.lora_modules) == 20 and parsed.max_lora_rank == 16  # the default
+        lora = engine_config_from_args(parsed, parsed.model).lora
+        assert (lora.max_loras, lora.max_cpu_loras) == (8, 20)
+
+    def test_extra_args_override_the_adapter_flags(self) -> None:
+        isvc = with_spec("adapters", engine={"extraArgs": ["--max-loras", "2"]})
+        assert parse_serve(serve_args(isvc, CONFIG, "/models")).max_loras == 2
 
     @pytest.mark.parametrize("extra", [["--port", "9000"], ["--host=127.0.0.1"]])
     def test_extra_args_cannot_move_the_port(self, extra: list[str]) -> None:
@@ -316,6 +372,73 @@ class TestDeployment:
         assert build_deployment(isvc, CONFIG, None)["spec"]["replicas"] == expected
 
 
+class TestAdapters:
+    @staticmethod
+    def pod_of(isvc: InferenceService) -> dict[str, Any]:
+        return build_deployment(isvc, CONFIG, None)["spec"]["template"]["spec"]
+
+    def test_hf_adapters_are_downloaded_by_init_containers_like_the_model(self) -> None:
+        pod = self.pod_of(isvc_of(SPECS["adapters"]))
+        sql, support = pod["initContainers"]
+        assert (sql["name"], support["name"]) == ("adapter-0", "adapter-2")  # spec.adapters[i]
+        assert sql["command"] + sql["args"] == [
+            "infernetes", "download", "hf://org/sql-lora@v2", "/adapters/sql",
+            "--progress-interval", "5"]
+        assert support["args"][2] == f"/adapters/{adapter_dir('org/support')}"
+        # The model download Job's container, but for what it fetches and where to.
+        [model_download] = build_download_job(with_spec("tp4"), CONFIG)["spec"]["template"][
+            "spec"]["containers"]
+        for key in ("image", "imagePullPolicy", "env", "resources", "securityContext",
+                    "terminationMessagePolicy"):
+            assert sql[key] == model_download[key], key
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": "hf-token", "key": "token"}}} in sql["env"]
+        assert sql["volumeMounts"] == [{"name": "adapters", "mountPath": "/adapters"},
+                                       {"name": "tmp", "mountPath": "/tmp"}]
+        assert {"name": "adapters", "emptyDir": {}} in pod["volumes"]
+        assert {"name": "adapters", "mountPath": "/adapters", "readOnly": True} in \
+            pod["containers"][0]["volumeMounts"]
+        assert_mounts_resolve(pod)
+
+    def test_pvc_adapters_mount_each_claim_once_read_only(self) -> None:
+        pod = self.pod_of(isvc_of(SPECS["adapters"]))
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}
+        assert claims == {"model": {"claimName": "models", "readOnly": True},
+                          "adapter-claim-0": {"claimName": "loras", "readOnly": True}}
+        mounts = pod["containers"][0]["volumeMounts"]
+        # The model's claim once more, whole (the model itself is a subPath of it).
+        assert {"name": "model", "mountPath": "/adapter-claims/models",
+                "readOnly": True} in mounts
+        assert {"name": "adapter-claim-0", "mountPath": "/adapter-claims/loras",
+                "readOnly": True} in mounts
+        assert [m["name"] for m in mounts].count("adapter-claim-0") == 1
+
+    def test_pvc_adapters_alone_need_no_init_containers(self) -> None:
+        pod = self.pod_of(with_spec("pvc", adapters=[{"name": "a", "source": "pvc://loras/a"}]))
+        assert "initContainers" not in pod
+        assert "adapters" not in {volume["name"] for volume in pod["volumes"]}
+        assert_mounts_resolve(pod)
+
+    def test_no_adapters_no_trace_in_the_pod(self) -> None:
+        pod = self.pod_of(isvc_of(SPECS["minimal-gpu"]))
+        assert "initContainers" not in pod
+        assert [v["name"] for v in pod["volumes"]] == ["model", "dshm", "tmp"]
+
+    def test_unusable_pvc_path_names_the_adapter(self) -> None:
+        isvc = with_spec("adapters", adapters=[{"name": "a", "source": "hf://org/a"},
+                                               {"name": "b", "source": "pvc://loras/../x"}])
+        with pytest.raises(ValueError, match=r"spec\.adapters\[1\]\.source"):
+            build_deployment(isvc, CONFIG, None)
+
+    @pytest.mark.parametrize("name, folder", [
+        ("sql", "sql"), ("v1.2_x:y-z", "v1.2_x:y-z"),
+        ("org/a", f"org-a-{adapter_dir('org/a')[-8:]}")])
+    def test_adapter_folders_are_one_path_segment(self, name: str, folder: str) -> None:
+        assert adapter_dir(name) == folder and "/" not in folder
+        assert adapter_dir("org/a") != adapter_dir("org-a")
+
+
 class TestSpecHash:
     @staticmethod
     def hash_of(isvc: InferenceService, config: OperatorConfig = CONFIG,
@@ -345,6 +468,16 @@ class TestSpecHash:
     def test_changed_by_what_reaches_the_pod(self, change: dict[str, Any]) -> None:
         assert self.hash_of(with_spec("minimal-gpu", **change)) != \
             self.hash_of(isvc_of(SPECS["minimal-gpu"]))
+
+    def test_changed_by_every_change_of_the_adapters(self) -> None:
+        sql = {"name": "sql", "source": "hf://org/sql-lora"}
+        lists = [[], [sql], [{**sql, "source": "hf://org/sql-lora@v2"}], [{**sql, "name": "q"}],
+                 [sql, {"name": "b", "source": "pvc://x/b"}],
+                 [{"name": "b", "source": "pvc://x/b"}, sql]]
+        hashes = {self.hash_of(with_spec("minimal-gpu", adapters=a)) for a in lists}
+        assert len(hashes) == len(lists)
+        assert self.hash_of(with_spec("adapters", engine={"maxLoraRank": 32})) != \
+            self.hash_of(isvc_of(SPECS["adapters"]))
 
     def test_changed_by_operator_config_and_model_size(self) -> None:
         isvc = isvc_of(SPECS["minimal-gpu"])

@@ -1,7 +1,8 @@
 """The real operator (kopf, our handlers, our API client) against the Kubernetes emulator: an
 InferenceService walks Pending -> Downloading -> Loading -> Ready as the test plays the Job
-controller, the kubelet and the Deployment controller; spec changes roll the pods, edits and
-deletions of children are undone, a failed download ends in Failed with its typed reason."""
+controller, the kubelet and the Deployment controller; spec changes roll the pods (adapter
+changes too), edits and deletions of children are undone, a failed download ends in Failed
+with its typed reason."""
 from __future__ import annotations
 
 import json
@@ -205,20 +206,20 @@ def test_spec_the_runtime_cannot_take_is_reported_not_retried(k8s, operator):
     assert k8s.get("jobs", NS, naming.download_job_name("bad", SOURCE)) is None
 
 
-def _deployment(k8s) -> dict:
-    return k8s.get("deployments", NS, "smol")
+def _deployment(k8s, name: str = "smol") -> dict:
+    return k8s.get("deployments", NS, name)
 
 
-def _container(k8s) -> dict:
-    return _deployment(k8s)["spec"]["template"]["spec"]["containers"][0]
+def _container(k8s, name: str = "smol") -> dict:
+    return _deployment(k8s, name)["spec"]["template"]["spec"]["containers"][0]
 
 
-def _runtime_args(k8s) -> list[str]:
-    return _container(k8s).get("args", [])
+def _runtime_args(k8s, name: str = "smol") -> list[str]:
+    return _container(k8s, name).get("args", [])
 
 
-def _spec_hash(k8s) -> str:
-    return _deployment(k8s)["spec"]["template"]["metadata"]["annotations"][
+def _spec_hash(k8s, name: str = "smol") -> str:
+    return _deployment(k8s, name)["spec"]["template"]["metadata"]["annotations"][
         naming.ANNOTATION_SPEC_HASH]
 
 
@@ -243,10 +244,40 @@ def test_two_services_with_one_source_share_the_cache_and_one_download(k8s, oper
     assert len(k8s.list("persistentvolumeclaims", NS)) == 1
 
 
-def test_adapters_the_runtime_cannot_serve_yet_are_reported(k8s, operator):
-    create_isvc(k8s, "lora", {"model": {"source": SOURCE},
-                              "adapters": [{"name": "sql", "source": "hf://org/sql-lora"}]})
-    warning = wait_for(lambda: events(k8s, "AdaptersNotServed"))
-    assert warning[0]["type"] == "Warning" and "spec.adapters" in warning[0]["message"]
-    time.sleep(0.7)  # more passes: still one warning, not one per pass
-    assert len(events(k8s, "AdaptersNotServed")) == 1
+def test_adapter_changes_roll_the_deployment_in_place(k8s, operator):
+    """Adding, changing and removing adapters each patch the one Deployment (same uid: a
+    rolling update with maxUnavailable 0, not a delete); removing the last also removes the
+    init containers that mounted the adapters' volume."""
+    create_isvc(k8s, "lora", {"model": {"source": "pvc://models/llama"}})
+    uid = wait_for(lambda: _deployment(k8s, "lora"))["metadata"]["uid"]
+    assert "--enable-lora" not in _runtime_args(k8s, "lora")
+    hashes = [_spec_hash(k8s, "lora")]
+
+    sql = {"name": "sql", "source": "hf://org/sql-lora"}
+    chat = {"name": "chat", "source": "pvc://loras/chat"}
+    for adapters, downloads in (([sql, chat], ["hf://org/sql-lora"]),
+                                ([{**sql, "source": "hf://org/sql-lora@v2"}, chat],
+                                 ["hf://org/sql-lora@v2"])):
+        k8s.patch("inferenceservices", NS, "lora", {"spec": {"adapters": adapters}})
+        wait_for(lambda: _spec_hash(k8s, "lora") not in hashes)
+        hashes.append(_spec_hash(k8s, "lora"))
+        args = _runtime_args(k8s, "lora")
+        assert args[args.index("--lora-modules") + 1:][:2] == [
+            "sql=/adapters/sql", "chat=/adapter-claims/loras/chat"]
+        pod = _deployment(k8s, "lora")["spec"]["template"]["spec"]
+        assert [c["args"][1] for c in pod["initContainers"]] == downloads
+    deployment = _deployment(k8s, "lora")
+    assert deployment["metadata"]["uid"] == uid
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1,
+                                                               "maxUnavailable": 0}
+
+    k8s.patch("inferenceservices", NS, "lora", {"spec": {"adapters": []}})
+    wait_for(lambda: "--enable-lora" not in _runtime_args(k8s, "lora"))
+    deployment = _deployment(k8s, "lora")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and deployment["metadata"]["uid"] == uid
+    assert {v["name"] for v in pod["volumes"]} == {"model", "dshm", "tmp"}
+    assert _spec_hash(k8s, "lora") == hashes[0]  # the template it had before any adapter
+    generation = k8s.get("inferenceservices", NS, "lora")["metadata"]["generation"]
+    wait_for(lambda: status(k8s, "lora").get("observedGeneration") == generation)
+    assert not [e for e in k8s.list("events", NS) if e.get("type") == "Warning"]

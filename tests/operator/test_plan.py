@@ -218,6 +218,19 @@ CASES = [
                           [{"name": "A", "value": "1"}])["spec"]["template"]["spec"][
                          "containers"][0]]}}}})],
                  id="env-var-removed-replaces-the-list-of-different-length"),
+    pytest.param(lambda: [deployment()],
+                 lambda: [observe(edit(deployment(), "spec.template.spec.initContainers",
+                                       [{"name": "adapter-0", "image": "runtime:1"}]))],
+                 lambda: [Patch(*DEPLOY, {"spec": {"template": {"spec": {
+                     "initContainers": None}}}})],
+                 id="init-containers-no-longer-desired-are-removed"),
+    pytest.param(lambda: [deployment(image="runtime:2")],
+                 lambda: [observe(edit(deployment(), "spec.template.spec.nodeSelector",
+                                       {"gpu": "h100"}))],
+                 lambda: [Patch(*DEPLOY, {"spec": {"template": {"spec": {
+                     "containers": deployment(image="runtime:2")["spec"]["template"]["spec"][
+                         "containers"], "nodeSelector": None}}}})],
+                 id="node-selector-no-longer-desired-is-removed-with-the-other-changes"),
     pytest.param(lambda: [edit(deployment(), "spec.selector.matchLabels.extra", "x")],
                  lambda: [observe(deployment())],
                  lambda: [Delete(*DEPLOY, "spec.selector changed and cannot be updated on a "
