@@ -7,7 +7,8 @@ run), in this order:
      present), natively (TRITON_INTERPRET unset), stopping at the first failure
   3. kernel benchmarks: bench_decode_attention, bench_prefill_attention, bench_small_kernels,
      where those files exist: their `run(device) -> dict`, written as gpu-<name>-*.json
-  4. engine: bench_engine.py with the seconds left (it skips or cuts what would not fit)
+  4. multi-LoRA throughput: benchmarks/lora.py's `run(device)` -> gpu-lora_engine-*.json
+  5. engine: bench_engine.py with the seconds left (it skips or cuts what would not fit)
 Then a summary (gpu-summary-*.json) and a table of the figures that matter, printed last.
 Results go to benchmarks/results/ and to $OUT when set.
 
@@ -38,11 +39,14 @@ from common import (  # noqa: E402 - this folder is put on the path first
 
 TAG = "run_all"
 KERNEL_BENCHES = ("bench_decode_attention", "bench_prefill_attention", "bench_small_kernels")
+# Benchmarks that live outside this folder: result name -> module with `run(device) -> dict`.
+OTHER_BENCHES = {"lora_engine": "infernetes.benchmarks.lora"}
 TEST_PATHS = ("tests/kernels", "tests/runtime/test_correctness.py", "tests/gpu")
 DEFAULT_BUDGET_S = 530.0  # the device tool allows 600 s per command; leave room to exit
 ENGINE_MIN_S = 240.0  # earlier steps' limits never eat into this
-CAPS_S = {"device": 60.0, "tests": 150.0, "kernel_bench": 60.0}
+CAPS_S = {"device": 60.0, "tests": 150.0, "kernel_bench": 60.0, "lora_engine": 120.0}
 KERNEL_BENCH_MIN_S = 20.0
+LORA_ENGINE_MIN_S = 45.0
 
 
 @dataclass(slots=True)
@@ -135,7 +139,7 @@ def run_steps(args: argparse.Namespace) -> list[StepResult]:
             return
         steps.append(run_step(name, argv, limit, env))
 
-    later_benches_s = KERNEL_BENCH_MIN_S * len(benches)
+    later_benches_s = KERNEL_BENCH_MIN_S * len(benches) + LORA_ENGINE_MIN_S
     step("device", [py, str(GPU_DIR / "run_all.py"), "--device-info"], CAPS_S["device"],
          ENGINE_MIN_S + later_benches_s)
     if args.skip_tests:
@@ -144,11 +148,14 @@ def run_steps(args: argparse.Namespace) -> list[StepResult]:
         step("tests", [py, "-m", "pytest", *test_paths(), "-q", "-x", "-p", "no:cacheprovider"],
              CAPS_S["tests"], ENGINE_MIN_S + later_benches_s, minimum=30.0)
     for index, bench in enumerate(benches):
-        reserve = ENGINE_MIN_S + KERNEL_BENCH_MIN_S * (len(benches) - index - 1)
+        reserve = ENGINE_MIN_S + LORA_ENGINE_MIN_S + KERNEL_BENCH_MIN_S * (
+            len(benches) - index - 1)
         step(bench, [py, str(GPU_DIR / "run_all.py"), "--bench", bench],
              CAPS_S["kernel_bench"], reserve, minimum=KERNEL_BENCH_MIN_S)
     missing = sorted(set(KERNEL_BENCHES) - set(benches))
     steps += [StepResult(b, "skipped", None, 0.0, None, "file not present") for b in missing]
+    step("lora_engine", [py, str(GPU_DIR / "run_all.py"), "--bench", "lora_engine"],
+         CAPS_S["lora_engine"], ENGINE_MIN_S, minimum=LORA_ENGINE_MIN_S)
     engine_limit = remaining() - 5.0
     engine_argv = [py, str(GPU_DIR / "bench_engine.py"), "--budget-s", f"{engine_limit - 15:.0f}"]
     step("bench_engine", engine_argv + (["--quick"] if args.quick else []), engine_limit, 0.0,
@@ -170,7 +177,8 @@ def device_step() -> None:
 
 
 def bench_step(module_name: str) -> None:
-    """One kernel benchmark module's run(device), with where and on what it ran."""
+    """One benchmark module's run(device), with where and on what it ran: a kernel benchmark
+    of this folder by module name, or one of OTHER_BENCHES by result name."""
     import torch
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = module_name.removeprefix("bench_")
@@ -178,7 +186,7 @@ def bench_step(module_name: str) -> None:
                                "git": git_info()}
     started = time.perf_counter()
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(OTHER_BENCHES.get(module_name, module_name))
         payload["result"] = module.run(device)
         payload["status"] = "ok"
     except Exception as error:  # noqa: BLE001 - written out, then the exit code says so
@@ -261,13 +269,16 @@ def summarize(steps: list[StepResult], args: argparse.Namespace,
               since: float) -> dict[str, Any]:
     slug = current_device_slug()
     device = read_result("device", slug, since) or {}
-    results = {b.removeprefix("bench_"): read_result(b.removeprefix("bench_"), slug, since)
-               for b in KERNEL_BENCHES}
+    names = [b.removeprefix("bench_") for b in KERNEL_BENCHES] + list(OTHER_BENCHES)
+    results = {name: read_result(name, slug, since) for name in names}
     results["engine"] = read_result("engine", slug, since)
+    goals = dict((results["engine"] or {}).get("goals") or {})
+    lora = (results["lora_engine"] or {}).get("result")
+    if lora:
+        goals["lora_8_adapters_over_base_only"] = lora["goal_8_adapters"]
     summary = {"benchmark": "summary", "device": device.get("device", {"slug": slug}),
                "ceilings": device.get("ceilings"), "budget_s": args.budget_s,
-               "steps": [asdict(s) for s in steps],
-               "goals": (results["engine"] or {}).get("goals")}
+               "steps": [asdict(s) for s in steps], "goals": goals or None}
     write_result("summary", summary)
     print("\n==== GPU benchmark summary ====")
     print(f"device: {summary['device'].get('name', slug)}")
@@ -298,7 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="bench_engine --quick")
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--device-info", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--bench", default=None, help="run one kernel benchmark module in-process")
+    p.add_argument("--bench", default=None,
+                   help="run one benchmark in-process: a kernel benchmark module of this "
+                        f"folder, or {', '.join(OTHER_BENCHES)}")
     return p.parse_args(argv)
 
 

@@ -7,16 +7,25 @@ largest batch: token ids, positions, slot mapping (padding rows have slot -1, wh
 store skips), int32 block tables as wide as the longest context, and key counts (padding rows
 count one key of block 0: they compute garbage that nobody reads). The KV cache and the
 rotary table are fixed tensors already. Sampling runs outside the graph.
+
+With LoRA enabled, every graph includes the LoRA kernels of every projection, reading the
+adapter slot weights (fixed tensors, refilled in place when adapters swap) and a static buffer
+of per-token slots: -1 for base-model tokens and padding rows, whose outputs the kernels leave
+untouched. A batch without adapters replays the same graphs with all slots -1.
 """
 from __future__ import annotations
 
 import bisect
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from infernetes.runtime.layers.attention import AttentionMetadata, TritonAttentionMetadata
+
+if TYPE_CHECKING:
+    from infernetes.runtime.lora.manager import LoRAManager
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +47,9 @@ def padded_size(num_seqs: int, sizes: list[int]) -> int | None:
 
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, device: torch.device, max_num_seqs: int,
-                 max_blocks_per_seq: int):
+                 max_blocks_per_seq: int, lora: LoRAManager | None = None):
         self.model = model
+        self.lora = lora
         self.sizes = capture_sizes(max_num_seqs)
         largest = self.sizes[-1]
         self.input_ids = torch.zeros(largest, dtype=torch.long, device=device)
@@ -48,6 +58,7 @@ class DecodeGraphs:
         self.block_tables = torch.zeros(largest, max_blocks_per_seq, dtype=torch.int32,
                                         device=device)
         self.seq_lens = torch.ones(largest, dtype=torch.int32, device=device)
+        self.token_slots = torch.full((largest,), -1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 
@@ -66,12 +77,16 @@ class DecodeGraphs:
         for size in reversed(self.sizes):
             meta = self._metadata(size)
             args = (self.input_ids[:size], self.positions[:size], meta)
+            if self.lora is not None:  # the LoRA kernels read this buffer at every replay
+                self.lora.token_slots = self.token_slots[:size]
             self.model(*args)  # warm-up: lazy initialisation and Triton compilation
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 self.outputs[size] = self.model(*args)
             self.graphs[size] = graph
+        if self.lora is not None:
+            self.lora.token_slots = None
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs for decode batches of %s sequences in %.1f s",
                     ",".join(map(str, self.sizes)), time.perf_counter() - started)
@@ -92,5 +107,11 @@ class DecodeGraphs:
         self.block_tables[:num_seqs, :tables.shape[1]].copy_(tables)
         self.seq_lens[:num_seqs].copy_(meta.triton.decode_seq_lens)
         self.seq_lens[num_seqs:size].fill_(1)
+        if self.lora is not None:
+            if self.lora.token_slots is None:  # no adapter in this batch
+                self.token_slots[:size].fill_(-1)
+            else:
+                self.token_slots[:num_seqs].copy_(self.lora.token_slots)
+                self.token_slots[num_seqs:size].fill_(-1)
         self.graphs[size].replay()
         return self.outputs[size][:num_seqs]

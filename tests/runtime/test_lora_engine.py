@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from infernetes import LLM, LoRARequest, SamplingParams
+from lora_adapters import greedy_tokens, lora_requests, make_peft_adapter
 
 # name -> LoraConfig arguments (ranks and target modules differ)
 ADAPTERS = {
@@ -22,32 +23,16 @@ MAX_NEW = 10
 @pytest.fixture(scope="module")
 def peft_adapters(tiny_models, tmp_path_factory):
     """name -> (folder, peft model for the reference), on the tiny Llama."""
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
     made = {}
     for seed, (name, args) in enumerate(ADAPTERS.items()):
         base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32,
                                                     attn_implementation="eager")
-        model = get_peft_model(base, LoraConfig(**args))
-        torch.manual_seed(100 + seed)
-        with torch.no_grad():  # non-zero B, strong enough to change the greedy tokens
-            for module in model.modules():
-                if isinstance(module, LoraLayer):
-                    torch.nn.init.normal_(module.lora_A["default"].weight, std=0.3)
-                    torch.nn.init.normal_(module.lora_B["default"].weight, std=0.3)
         folder = tmp_path_factory.mktemp(f"lora-{name}")
-        model.save_pretrained(folder)
-        made[name] = (str(folder), model.eval())
+        # std 0.3: strong enough to change the greedy tokens
+        made[name] = (str(folder), make_peft_adapter(base, args, folder, seed=100 + seed,
+                                                     std=0.3))
     return made
-
-
-def _reference(model, prompt: list[int]) -> list[int]:
-    with torch.no_grad():
-        ids = torch.tensor([prompt])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                             do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 def _workload(tiny_models, peft_adapters):
@@ -58,7 +43,7 @@ def _workload(tiny_models, peft_adapters):
     rng = random.Random(11)
     names = [None, "sql", "chat", "tiny", "sql", None, "chat", "tiny"]
     prompts = [[rng.randrange(1, 384) for _ in range(rng.randrange(3, 30))] for _ in names]
-    expected = [_reference(base if n is None else peft_adapters[n][1], p)
+    expected = [greedy_tokens(base if n is None else peft_adapters[n][1], p, MAX_NEW)
                 for p, n in zip(prompts, names)]
     return names, prompts, expected
 
@@ -66,9 +51,7 @@ def _workload(tiny_models, peft_adapters):
 @pytest.mark.parametrize("max_loras", [3, 1], ids=["slots-for-all", "one-slot"])
 def test_mixed_batch_equals_transformers_plus_peft(tiny_models, peft_adapters, max_loras):
     names, prompts, expected = _workload(tiny_models, peft_adapters)
-    ids = {name: i + 1 for i, name in enumerate(ADAPTERS)}
-    requests = [None if n is None else LoRARequest(n, ids[n], peft_adapters[n][0])
-                for n in names]
+    requests = lora_requests(names, {n: folder for n, (folder, _) in peft_adapters.items()})
     llm = LLM(tiny_models["llama"], dtype="float32", skip_tokenizer_init=True,
               enable_lora=True, max_loras=max_loras, max_lora_rank=8, max_cpu_loras=3)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts],
