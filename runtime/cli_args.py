@@ -21,6 +21,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank")
     g.add_argument("--max-cpu-loras", type=int,
                    help="adapters kept in CPU memory (default: --max-loras)")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="split the model over this many GPUs (worker processes; on CPU, "
+                        "processes sharing the cores)")
     g.add_argument("--enforce-eager", action="store_true",
                    help="run decode batches eagerly on GPU, without CUDA graphs")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
@@ -70,7 +73,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
     return EngineConfig(
         model=model, tokenizer=args.tokenizer, revision=args.revision,
         load_format=args.load_format, enforce_eager=args.enforce_eager,
-        dtype=args.dtype, device=args.device,
+        dtype=args.dtype, device=args.device, tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
         generation_config=args.generation_config, cache=cache, scheduler=scheduler,
         lora=LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras)
@@ -80,7 +83,6 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
 # vLLM flags that this version does not implement yet: accepted by the parser so that the error
 # names them and says why, instead of argparse's generic "unrecognized arguments".
 _NOT_YET = {
-    "--tensor-parallel-size": "tensor parallelism",
     "--pipeline-parallel-size": "pipeline parallelism",
     "--enable-auto-tool-choice": "tool calling", "--tool-call-parser": "tool calling",
     "--quantization": "quantized weights",

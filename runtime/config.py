@@ -145,8 +145,13 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     lora: LoRAConfig | None = None  # None: adapters off
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.tensor_parallel_size, bool) or \
+                not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
+            raise ConfigError(f"--tensor-parallel-size must be a positive integer, got "
+                              f"{self.tensor_parallel_size!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"--max-model-len must be at least 2, got {self.max_model_len}")
         if self.dtype not in DTYPE_CHOICES:

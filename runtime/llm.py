@@ -36,7 +36,7 @@ class LLM:
                  skip_tokenizer_init: bool = False, load_format: str = "auto",
                  enforce_eager: bool = False, kernel_backend: str = "auto",
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
-                 max_cpu_loras: int | None = None):
+                 max_cpu_loras: int | None = None, tensor_parallel_size: int = 1):
         cache = CacheConfig(
             block_size=block_size, enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -52,7 +52,7 @@ class LLM:
             generation_config=generation_config, served_model_name=served_model_name,
             skip_tokenizer_init=skip_tokenizer_init, load_format=load_format,
             enforce_eager=enforce_eager, kernel_backend=kernel_backend, cache=cache,
-            scheduler=scheduler,
+            scheduler=scheduler, tensor_parallel_size=tensor_parallel_size,
             lora=LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None)))
 
     @classmethod
@@ -64,6 +64,17 @@ class LLM:
     def _attach(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._ids = count()
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes (tensor parallelism); also done when the LLM
+        is garbage-collected or the interpreter exits."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
 
     def get_tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer

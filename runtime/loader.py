@@ -1,15 +1,19 @@
 """Weights from a Hugging Face folder into a model built from its config.
 
 safetensors files (one, or sharded with `model.safetensors.index.json`) are read tensor by
-tensor with plain reads into one reused buffer, not memory-mapped: mapped file pages count as
-the process's own memory until the file is closed, which would add the whole checkpoint (often
-float32, twice the model's size in bf16) to the peak. `pytorch_model*.bin` is read when no
-safetensors exist. Each parameter's own `weight_loader` places the tensor (packing and
-tensor-parallel slicing live there).
+tensor with plain reads, not memory-mapped: mapped file pages count as the process's own memory
+until the file is closed, which would add the whole checkpoint (often float32, twice the
+model's size in bf16) to the peak. A tensor is read only when a parameter's `weight_loader`
+asks for it, and only the slice asked for (CheckpointTensor), so a tensor-parallel rank reads
+about 1/N of the checkpoint. `pytorch_model*.bin` is read when no safetensors exist. Each
+parameter's own `weight_loader` places the tensor (packing and tensor-parallel slicing live
+there).
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,17 +43,84 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs; a tensor is valid only until the next one is yielded."""
+class CheckpointTensor:
+    """A tensor of a safetensors file, read only when asked for, whole or in part: a
+    tensor-parallel rank reads the rows (or, of a matrix, the columns) its shard needs and
+    never the rest. `narrow` and `shape` are those of torch.Tensor, so weight loaders take a
+    CheckpointTensor or a plain tensor alike."""
+
+    def __init__(self, file, offset: int, dtype: torch.dtype, shape: list[int], name: str,
+                 counter: list[int]):
+        self.file, self.offset, self.dtype, self.name = file, offset, dtype, name
+        self.shape = torch.Size(shape)
+        self._counter = counter  # [bytes read so far], shared by one iteration's tensors
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def read(self) -> torch.Tensor:
+        return self.narrow(0, 0, self.shape[0]) if self.shape else self._read_rows(0, 1, 0)
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        if not 0 <= start <= start + length <= self.shape[dim]:
+            raise ValueError(f"{self.name}: cannot take [{start}, {start + length}) of "
+                             f"dimension {dim} of size {self.shape[dim]}")
+        if dim == 0:
+            return self._read_rows(start, length, self.shape.numel() // max(1, self.shape[0]))
+        if dim == 1 and self.dim() == 2:
+            return self._read_columns(start, length)
+        return self.read().narrow(dim, start, length)
+
+    def _read_rows(self, start: int, length: int, row_elements: int) -> torch.Tensor:
+        item = self.dtype.itemsize
+        row_elements = row_elements or 1
+        out = torch.empty(length * row_elements, dtype=self.dtype)
+        self._read_into(out, self.offset + start * row_elements * item)
+        return out.view(length, *self.shape[1:]) if self.shape else out.view(())
+
+    def _read_columns(self, start: int, length: int) -> torch.Tensor:
+        """Per row, one read of the columns [start, start + length)."""
+        rows, width = self.shape
+        item = self.dtype.itemsize
+        out = torch.empty(rows, length, dtype=self.dtype)
+        for row in range(rows):
+            self._read_into(out[row], self.offset + (row * width + start) * item)
+        return out
+
+    def _read_into(self, target: torch.Tensor, position: int) -> None:
+        view = memoryview(target.view(torch.uint8).numpy())
+        size = len(view)
+        if size and os.preadv(self.file.fileno(), [view], position) != size:
+            raise ValueError(f"{self.file.name} is truncated: tensor {self.name!r} is "
+                             f"incomplete")
+        self._counter[0] += size
+
+
+def iterate_checkpoint(files: list[Path], counter: list[int] | None = None
+                       ) -> Iterator[tuple[str, CheckpointTensor | torch.Tensor]]:
+    """(name, tensor) pairs, a safetensors tensor as a CheckpointTensor, valid until the next
+    pair. counter: [bytes], increased by what is read from safetensors files."""
+    counter = [0] if counter is None else counter
     for path in files:
         if path.suffix == ".safetensors":
-            yield from _read_safetensors(path)
+            yield from _read_safetensors(path, counter)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             yield from state.items()
 
 
-def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs, each tensor read whole."""
+    for name, tensor in iterate_checkpoint(files):
+        yield name, as_tensor(tensor)
+
+
+def as_tensor(tensor: CheckpointTensor | torch.Tensor) -> torch.Tensor:
+    return tensor.read() if isinstance(tensor, CheckpointTensor) else tensor
+
+
+def _read_safetensors(path: Path, counter: list[int]
+                      ) -> Iterator[tuple[str, CheckpointTensor | torch.Tensor]]:
     with open(path, "rb") as f:
         header_size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_size))
@@ -60,28 +131,28 @@ def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
                     yield name, st.get_tensor(name)
             return
         data_start = 8 + header_size
-        buffer = bytearray()
-        # In file order, so the reads are sequential.
+        file_size = os.fstat(f.fileno()).st_size
+        # In file order, so that whole reads are sequential.
         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             begin, end = entry["data_offsets"]
-            size = end - begin
-            if len(buffer) < size:
-                buffer = bytearray(size)
-            view = memoryview(buffer)[:size]
-            f.seek(data_start + begin)
-            if f.readinto(view) != size:
-                raise ValueError(f"{path} is truncated: tensor {name!r} is incomplete")
             dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            tensor = torch.frombuffer(view, dtype=dtype) if size else torch.empty(0, dtype=dtype)
-            yield name, tensor.view(entry["shape"])
+            if data_start + end > file_size:
+                raise ValueError(f"{path} is truncated: tensor {name!r} is incomplete")
+            if end - begin != math.prod(entry["shape"]) * dtype.itemsize:
+                raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, which do "
+                                 f"not match its shape {entry['shape']} and dtype {dtype}")
+            yield name, CheckpointTensor(f, data_start + begin, dtype, entry["shape"], name,
+                                         counter)
 
 
-def load_weights(model: nn.Module, folder: Path) -> None:
+def load_weights(model: nn.Module, folder: Path) -> int:
+    """Returns the bytes read from safetensors files."""
     params = dict(model.named_parameters())
+    counter = [0]
     packed: dict[str, tuple[str, int | str]] = getattr(model, "packed_modules_mapping", {})
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
-    for name, tensor in iterate_weights(checkpoint_files(folder)):
+    for name, tensor in iterate_checkpoint(checkpoint_files(folder), counter):
         if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
             continue
         target, shard_id = name, None
@@ -96,7 +167,7 @@ def load_weights(model: nn.Module, folder: Path) -> None:
         loader = getattr(param, "weight_loader", None)
         with torch.no_grad():
             if loader is None:
-                param.data.copy_(tensor)
+                param.data.copy_(as_tensor(tensor))
             elif shard_id is None:
                 loader(param, tensor)
             else:
@@ -106,6 +177,7 @@ def load_weights(model: nn.Module, folder: Path) -> None:
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks weights for: {', '.join(missing[:8])}"
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    return counter[0]
 
 
 def initialize_dummy_weights(model: nn.Module, seed: int) -> None:

@@ -10,8 +10,10 @@ The engine is built in its loop thread, not the caller's: with OpenMP, torch wor
 two threads keeps two thread teams on the same cores, and a CPU decode step run in the second
 thread took 50 ms instead of 30 here (SmolLM2, bf16, 2 cores).
 
-Liveness: the thread stamps `heartbeat` on every iteration, busy or idle; `is_healthy()` is
-false once the loop has died or has not come round for `stall_seconds`.
+Liveness: the thread stamps `heartbeat` on every iteration, busy or idle, after asking the
+engine whether it can still serve (a tensor-parallel worker may have died, even while idle);
+`is_healthy()` is false once the loop has died or has not come round for `stall_seconds`,
+`is_dead()` only for the former. The loop stops the engine's worker processes when it ends.
 """
 from __future__ import annotations
 
@@ -113,6 +115,10 @@ class AsyncLLM:
         return (self.error is None and self._thread.is_alive()
                 and time.monotonic() - self.heartbeat < self.stall_seconds)
 
+    def is_dead(self) -> bool:
+        """The loop has stopped for good (not merely slow): the process should exit."""
+        return self.error is not None or not self._thread.is_alive()
+
     def num_waiting(self) -> int:
         """Requests accepted and not yet running (read from the caller's thread: approximate)."""
         return max(0, len(self._streams) - self.engine.scheduler.num_running)
@@ -139,6 +145,7 @@ class AsyncLLM:
             self._built.set()
         try:
             while not self._stop.is_set():
+                self.engine.check_health()
                 self.heartbeat = time.monotonic()
                 busy = self.engine.has_unfinished_requests()
                 self._apply_commands(block=not busy)
@@ -151,6 +158,8 @@ class AsyncLLM:
             self.error = e
             for request_id in list(self._streams):
                 self._push(request_id, EngineDeadError(f"the engine loop died: {e!r}"))
+        finally:
+            self.engine.shutdown()
 
     def _apply_commands(self, block: bool) -> None:
         try:

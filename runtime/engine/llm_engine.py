@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from infernetes.runtime.config import ConfigError, EngineConfig, resolve_dtype
+from infernetes.runtime.config import CacheConfig, ConfigError, EngineConfig, resolve_dtype
 from infernetes.runtime.engine.kv_cache_manager import KVCacheManager
 from infernetes.runtime.engine.model_runner import ModelRunner
 from infernetes.runtime.engine.output_processor import OutputProcessor, ParentRequest
@@ -17,6 +17,9 @@ from infernetes.runtime.engine.stats import IterationStats
 from infernetes.runtime.generation_config import read_generation_config
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.model_source import resolve_model_folder
+from infernetes.runtime.parallel.executor import MultiprocExecutor
+from infernetes.runtime.parallel.validation import check_tensor_parallel
+from infernetes.runtime.parallel.worker import RunnerSpec
 from infernetes.runtime.outputs import CompletionOutput, RequestOutput
 from infernetes.runtime.request import LoRARequest, Request, RequestStatus
 from infernetes.runtime.sampling_params import SamplingParams
@@ -48,28 +51,12 @@ class LLMEngine:
 
         torch.manual_seed(config.seed)
         cache = config.cache
-        self.runner = ModelRunner(self.arch, self.model_folder, self.dtype, self.device,
-                                  self.max_model_len, cache.block_size, config.load_format,
-                                  config.seed, config.kernel_backend, config.lora)
-        self.num_blocks = self._num_kv_blocks()
-        self.runner.allocate_kv_cache(self.num_blocks)
-        self.kv_cache_manager = KVCacheManager(self.num_blocks, cache.block_size,
-                                               cache.enable_prefix_caching)
-        scheduler_config = config.scheduler
-        if config.lora is not None:
-            scheduler_config = replace(scheduler_config, max_loras=config.lora.max_loras)
-        self.scheduler = Scheduler(scheduler_config, self.kv_cache_manager, self.max_model_len)
-        if self.runner.lora is not None:
-            self.runner.lora.pinned = lambda: {r.lora_id for r in self.scheduler.requests.values()}
-        self.output_processor = OutputProcessor(self.tokenizer)
-        self.log_stats = False  # set by servers that export metrics
-        self.last_stats: IterationStats | None = None
-        self._prefix_seen = (0, 0)
-        self.runner.warm_up()
-        # Graphs are captured without adapters: with LoRA on, decode runs eagerly (for now).
-        if (self.device.type == "cuda" and self.runner.use_triton and not config.enforce_eager
-                and config.lora is None):
-            self.runner.capture_cuda_graphs(config.scheduler.max_num_seqs)
+        self.runner = self._make_runner()
+        try:
+            self._set_up_serving(cache)
+        except BaseException:
+            self.runner.shutdown()  # no worker process outlives a failed start
+            raise
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "loaded %s (%s) from %s: dtype %s on %s, %d KV blocks of %d tokens (%.1f MiB), "
@@ -80,6 +67,40 @@ class LLMEngine:
             self.max_model_len, self.load_seconds)
 
     # -- set-up -----------------------------------------------------------------------------
+
+    def _set_up_serving(self, cache: CacheConfig) -> None:
+        """KV cache, scheduler, warm-up and CUDA graphs, once the model is loaded."""
+        config = self.config
+        self.num_blocks = self._num_kv_blocks()
+        self.runner.allocate_kv_cache(self.num_blocks)
+        self.kv_cache_manager = KVCacheManager(self.num_blocks, cache.block_size,
+                                               cache.enable_prefix_caching)
+        scheduler_config = config.scheduler
+        if config.lora is not None:
+            scheduler_config = replace(scheduler_config, max_loras=config.lora.max_loras)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache_manager, self.max_model_len)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self.log_stats = False  # set by servers that export metrics
+        self.last_stats: IterationStats | None = None
+        self._prefix_seen = (0, 0)
+        self.runner.warm_up()
+        if self.device.type == "cuda" and self.runner.use_triton and not config.enforce_eager:
+            self.runner.capture_cuda_graphs(config.scheduler.max_num_seqs)
+
+    def _make_runner(self) -> ModelRunner | MultiprocExecutor:
+        """The model in this process, or split over --tensor-parallel-size worker processes
+        (driven through the same methods)."""
+        config = self.config
+        tp_size = config.tensor_parallel_size
+        check_tensor_parallel(self.arch, tp_size, self.device)
+        if tp_size == 1:
+            return ModelRunner(self.arch, self.model_folder, self.dtype, self.device,
+                               self.max_model_len, config.cache.block_size, config.load_format,
+                               config.seed, config.kernel_backend, config.lora)
+        return MultiprocExecutor(RunnerSpec(
+            self.arch, self.model_folder, self.dtype, self.device.type, self.max_model_len,
+            config.cache.block_size, config.load_format, config.seed, config.kernel_backend,
+            config.lora), tp_size)
 
     def _max_model_len(self) -> int:
         limit = self.arch.max_position_embeddings
@@ -102,9 +123,8 @@ class LLMEngine:
         elif cache.kv_cache_memory is not None:
             num_blocks = cache.kv_cache_memory // per_block
         elif self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            peak = self.runner.profile_peak_memory(self.config.scheduler.max_num_batched_tokens)
-            num_blocks = int(total * cache.gpu_memory_utilization - peak) // per_block
+            num_blocks = self.runner.gpu_kv_blocks(
+                cache.gpu_memory_utilization, self.config.scheduler.max_num_batched_tokens)
         else:
             num_blocks = _CPU_DEFAULT_KV_CACHE_MEMORY // per_block
         needed = -(-self.max_model_len // cache.block_size)
@@ -159,12 +179,16 @@ class LLMEngine:
         never a step that other requests share (LoRAAdapterError is a ValueError)."""
         if lora_request is None:
             return
-        if self.runner.lora is None:
+        if not self.runner.lora_enabled:
             raise ValueError(f"adapter {lora_request.lora_name!r} asked for, but LoRA is not "
                              f"enabled (--enable-lora)")
         if lora_request.lora_int_id < 1:
             raise ValueError(f"lora_int_id must be at least 1, got {lora_request.lora_int_id}")
-        self.runner.lora.adapter(lora_request)
+        self.runner.add_lora(lora_request, self.scheduler.lora_ids_in_flight())
+
+    def remove_lora(self, lora_int_id: int) -> None:
+        """Drop an adapter from memory and its slot (the caller made sure no request uses it)."""
+        self.runner.remove_lora(lora_int_id)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     lora_request: LoRARequest | None = None) -> None:
@@ -194,6 +218,14 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
+
+    def check_health(self) -> None:
+        """Raises when the engine cannot serve (a tensor-parallel worker died)."""
+        self.runner.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the worker processes, if any; the engine is unusable afterwards."""
+        self.runner.shutdown()
 
     # -- the loop ---------------------------------------------------------------------------
 

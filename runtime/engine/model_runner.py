@@ -25,6 +25,7 @@ from infernetes.runtime.loader import initialize_dummy_weights, load_weights
 from infernetes.runtime.lora.manager import LoRAManager
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.models import model_class
+from infernetes.runtime.request import LoRARequest
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ class ModelRunner:
         self.max_model_len = max_model_len
         with torch.device(device):
             self.model = model_class(arch)(arch, dtype, max_model_len)
+        self.checkpoint_bytes_read = 0  # what this rank read of the checkpoint
         if load_format == "dummy":
             initialize_dummy_weights(self.model, seed)
         else:
-            load_weights(self.model, folder)
+            self.checkpoint_bytes_read = load_weights(self.model, folder)
         self.model.eval()
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.use_triton = kernel_backend == "triton" or (kernel_backend == "auto"
                                                          and device.type == "cuda")
         if self.use_triton:
@@ -62,7 +65,7 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
         self.lora = None if lora is None else LoRAManager(
             self.model, arch, lora.max_loras, lora.max_lora_rank,
-            lora.max_cpu_loras or lora.max_loras, dtype, device)
+            lora.max_cpu_loras or lora.max_loras, dtype, device, self.use_triton)
 
     # -- KV cache ---------------------------------------------------------------------------
 
@@ -88,6 +91,13 @@ class ModelRunner:
         self._kv_mappings.append(mapping)
         return torch.frombuffer(mapping, dtype=self.dtype).view(shape)
 
+    def gpu_kv_blocks(self, gpu_memory_utilization: float, num_tokens: int) -> int:
+        """KV blocks that fit in `gpu_memory_utilization` of the GPU besides the weights and
+        the peak of a forward pass over `num_tokens` prompt tokens."""
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        peak = self.profile_peak_memory(num_tokens)
+        return int(total * gpu_memory_utilization - peak) // self.kv_cache_bytes_per_block()
+
     def profile_peak_memory(self, num_tokens: int) -> int:
         """GPU bytes in use at the peak of a forward pass over `num_tokens` prompt tokens."""
         num_blocks = -(-num_tokens // self.block_size)
@@ -106,13 +116,14 @@ class ModelRunner:
         if self.device.type != "cuda" or not self.use_triton:
             raise ValueError("CUDA graphs need a CUDA device and the Triton kernels")
         graphs = DecodeGraphs(self.model, self.device, max_num_seqs,
-                              -(-self.max_model_len // self.block_size))
+                              -(-self.max_model_len // self.block_size), self.lora)
         graphs.capture()
         self.decode_graphs = graphs
 
     def warm_up(self, num_tokens: int = 16) -> None:
         """One forward pass, so that the first request does not pay for lazy initialisation."""
-        self._forward_dummy(min(num_tokens, self.num_blocks * self.block_size))
+        self._forward_dummy(min(num_tokens, self.num_blocks * self.block_size,
+                                self.max_model_len))
 
     def _forward_dummy(self, num_tokens: int) -> None:
         item = ScheduledRequest("__warm_up__", [0] * num_tokens, 0,
@@ -121,6 +132,29 @@ class ModelRunner:
         with torch.inference_mode():
             input_ids, positions, meta, _ = self._prepare([item])
             self.model(input_ids, positions, meta)
+
+    # -- life (as runtime/parallel/executor.py's, whose workers are processes) ---------------
+
+    def check_health(self) -> None:
+        """In this process, the runner lives as long as the engine."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop: no worker processes."""
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self.lora is not None
+
+    def add_lora(self, request: LoRARequest, in_flight: frozenset[int]) -> None:
+        """Read the adapter into CPU memory (LoRAAdapterError, a ValueError, when broken).
+        in_flight: the adapters of unfinished requests, which stay in memory."""
+        self.lora.pinned = in_flight
+        self.lora.adapter(request)
+
+    def remove_lora(self, lora_int_id: int) -> None:
+        self.lora.remove(lora_int_id)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -133,6 +167,7 @@ class ModelRunner:
         items = sorted(scheduler_output.scheduled, key=lambda s: not _is_decode(s))
         input_ids, positions, meta, logits_index = self._prepare(items)
         if self.lora is not None:
+            self.lora.pinned = scheduler_output.lora_ids_in_flight
             self.lora.activate([(s.lora_request, len(s.token_ids)) for s in items])
         hidden = None
         if self.decode_graphs is not None and not meta.prefills:
@@ -144,7 +179,10 @@ class ModelRunner:
         if not sampling:
             return ModelRunnerOutput({}, prompt_logprobs)
         index = torch.tensor(logits_index, device=self.device)
-        logits = self.model.compute_logits(hidden.index_select(0, index)).float()
+        logits = self.model.compute_logits(hidden.index_select(0, index))
+        if logits is None:  # a tensor-parallel rank other than the first: rank 0 samples
+            return ModelRunnerOutput({})
+        logits = logits.float()
         rows = [SamplingRow(s.sampling_params, s.prompt_token_ids, s.output_token_ids,
                             self._generator(s)) for s in sampling]
         sampled = sample(logits, rows)
@@ -168,8 +206,11 @@ class ModelRunner:
                     hi = min(lo + _PROMPT_LOGPROBS_SLICE, end)
                     rows = hidden[token_start + lo - item.start_position:
                                   token_start + hi - item.start_position]
-                    logits = self.model.compute_logits(rows).float()
-                    scored += token_logprobs(logits, item.prompt_token_ids[lo + 1:hi + 1],
+                    logits = self.model.compute_logits(rows)
+                    if logits is None:  # not rank 0, which alone scores
+                        continue
+                    scored += token_logprobs(logits.float(),
+                                             item.prompt_token_ids[lo + 1:hi + 1],
                                              [num_top] * (hi - lo))
                 out[item.request_id] = scored
             token_start += len(item.token_ids)

@@ -62,6 +62,12 @@ class Scheduler:
                 self.waiting.remove(request)
             self._finish(request, status)
 
+    def lora_ids_in_flight(self) -> frozenset[int]:
+        """The adapters of unfinished requests (none while LoRA is off)."""
+        if not self.config.max_loras:
+            return frozenset()
+        return frozenset(r.lora_id for r in self.requests.values() if r.lora_id)
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -134,6 +140,7 @@ class Scheduler:
             num_scheduled_tokens=self.config.max_num_batched_tokens - budget,
             finished_request_ids=finished,
             preempted_request_ids=[r.request_id for r in preempted],
+            lora_ids_in_flight=self.lora_ids_in_flight(),
         )
 
     def update_from_output(self, scheduler_output: SchedulerOutput,

@@ -38,6 +38,8 @@ class SchedulerOutput:
     # Requests that left the batch since the last step: the runner drops their state.
     finished_request_ids: list[str] = field(default_factory=list)
     preempted_request_ids: list[str] = field(default_factory=list)
+    # Adapters of every unfinished request: the runner keeps them in CPU memory.
+    lora_ids_in_flight: frozenset[int] = frozenset()
 
     @property
     def is_empty(self) -> bool:

@@ -21,10 +21,12 @@ class VocabParallelEmbedding(nn.Module):
         self.weight.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        rows = loaded[self.vocab_start:self.vocab_start + self.shard_size]
-        if rows.shape[1] != param.shape[1]:
-            raise ValueError(f"embedding of width {rows.shape[1]} does not fit hidden size "
+        """loaded: a tensor or a CheckpointTensor; only this rank's rows are read."""
+        if loaded.shape[1] != param.shape[1]:
+            raise ValueError(f"embedding of width {loaded.shape[1]} does not fit hidden size "
                              f"{param.shape[1]}")
+        start = min(self.vocab_start, loaded.shape[0])
+        rows = loaded.narrow(0, start, min(self.shard_size, loaded.shape[0] - start))
         param.data[:rows.shape[0]].copy_(rows)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -50,15 +52,14 @@ class ParallelLMHead(VocabParallelEmbedding):
     def tie(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """Logits [..., vocab_size]; with tensor parallelism on rank 0 only (None elsewhere):
+        each rank computes its slice of the vocabulary, rank 0 gathers them."""
         if should_upcast(hidden_states):
             if self._weight_fp32 is None:
                 self._weight_fp32 = self.weight.float()
             logits = F.linear(hidden_states.float(), self._weight_fp32)
         else:
             logits = F.linear(hidden_states, self.weight)
-        if self.tp.size > 1:
-            gathered = [torch.empty_like(logits) for _ in range(self.tp.size)]
-            torch.distributed.all_gather(gathered, logits)
-            logits = torch.cat(gathered, dim=-1)
-        return logits[..., :self.vocab_size]
+        logits = self.tp.gather_last_dim(logits)
+        return None if logits is None else logits[..., :self.vocab_size]

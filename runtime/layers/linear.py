@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from infernetes.runtime.layers.cpu_matmul import linear
+from infernetes.runtime.loader import as_tensor
+from infernetes.runtime.parallel.sharding import divide, kv_heads_per_rank, kv_shard_index
 from infernetes.runtime.parallel.state import get_tp_group
 
 
@@ -17,13 +19,6 @@ def _param(*shape: int, dtype: torch.dtype, loader) -> nn.Parameter:
     param = nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
     param.weight_loader = loader
     return param
-
-
-def _divide(numerator: int, denominator: int, what: str) -> int:
-    if numerator % denominator:
-        raise ValueError(f"{what} ({numerator}) is not divisible by the tensor-parallel "
-                         f"size ({denominator})")
-    return numerator // denominator
 
 
 class LinearBase(nn.Module):
@@ -51,7 +46,7 @@ class ColumnParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool, dtype: torch.dtype):
         tp_size = get_tp_group().size
-        super().__init__(input_size, _divide(output_size, tp_size, "output size"), bias, dtype)
+        super().__init__(input_size, divide(output_size, tp_size, "output size"), bias, dtype)
 
     def weight_loader(self, param, loaded, shard_id=None):
         size = param.shape[0]
@@ -79,10 +74,10 @@ class QKVParallelLinear(ColumnParallelLinear):
                  bias: bool, dtype: torch.dtype):
         tp_size = get_tp_group().size
         self.head_dim = head_dim
-        self.num_heads = _divide(num_heads, tp_size, "number of attention heads")
+        self.num_heads = divide(num_heads, tp_size, "number of attention heads")
         # With more ranks than KV heads, each KV head is replicated on several ranks.
-        self.num_kv_heads = max(1, num_kv_heads // tp_size)
-        self.kv_replicas = max(1, tp_size // num_kv_heads)
+        self.num_kv_heads = kv_heads_per_rank(num_kv_heads, tp_size)
+        self.kv_source_rank = kv_shard_index(num_kv_heads, tp_size, get_tp_group().rank)
         output_size = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp_size
         super().__init__(hidden_size, output_size, bias, dtype)
 
@@ -93,9 +88,9 @@ class QKVParallelLinear(ColumnParallelLinear):
         if shard_id == "q":
             offset, size, source_rank = 0, q_size, rank
         elif shard_id == "k":
-            offset, size, source_rank = q_size, kv_size, rank // self.kv_replicas
+            offset, size, source_rank = q_size, kv_size, self.kv_source_rank
         elif shard_id == "v":
-            offset, size, source_rank = q_size + kv_size, kv_size, rank // self.kv_replicas
+            offset, size, source_rank = q_size + kv_size, kv_size, self.kv_source_rank
         else:
             raise ValueError(f"QKV shard id must be q, k or v, got {shard_id!r}")
         _copy(param.data.narrow(0, offset, size), loaded.narrow(0, source_rank * size, size))
@@ -106,7 +101,7 @@ class RowParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool, dtype: torch.dtype):
         tp_size = get_tp_group().size
-        super().__init__(_divide(input_size, tp_size, "input size"), output_size, bias, dtype)
+        super().__init__(divide(input_size, tp_size, "input size"), output_size, bias, dtype)
 
     def weight_loader(self, param, loaded, shard_id=None):
         if param.dim() == 1:  # the bias is added once, after the reduction
@@ -117,16 +112,20 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            out = linear(x, self.weight, self.bias)
-            if self.lora is not None:
-                self.lora.apply(x, out)
-            return out
-        out = self.tp.all_reduce(linear(x, self.weight))
+            return super().forward(x)
+        # Each rank's partial sum, with its share of the LoRA update (A is split like the
+        # weight, by input features: the shrink over this rank's features times B is this
+        # rank's part of the delta), summed over ranks; the bias is added once, after.
+        out = linear(x, self.weight)
+        if self.lora is not None:
+            self.lora.apply(x, out)
+        out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias
 
 
-def _copy(target: torch.Tensor, source: torch.Tensor) -> None:
+def _copy(target: torch.Tensor, source) -> None:
+    """source: a tensor or a CheckpointTensor (read here)."""
     if target.shape != source.shape:
         raise ValueError(f"checkpoint tensor of shape {tuple(source.shape)} does not fit a "
                          f"parameter of shape {tuple(target.shape)}")
-    target.copy_(source)
+    target.copy_(as_tensor(source))

@@ -138,7 +138,7 @@ def _read_lora_tensors(weights_path: Path, name: str, config: LoRAAdapterConfig,
         if side in sides:
             raise fail(f"tensor {tensor_name!r} repeats layer {layer} {projection}_proj "
                        f"lora_{side}")
-        # A copy: iterate_weights reuses its buffer for the next tensor.
+        # A copy: the tensors of a .bin file are memory-mapped views of it.
         sides[side] = tensor.to(torch.float32, copy=True)
     if not pairs:
         raise fail("holds no LoRA weights")

@@ -10,14 +10,15 @@ Merged projections (qkv, gate_up) hold one entry per part, at its column offset.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from infernetes.runtime.lora.adapter import LoRAAdapter, load_lora_adapter, projection_features
+from infernetes.runtime.lora.adapter import LoRAAdapter, load_lora_adapter
+from infernetes.runtime.lora.sharding import shard_module, sharded_features
 from infernetes.runtime.lora.slots import LoRASlots
 from infernetes.runtime.model_config import ModelArchConfig
+from infernetes.runtime.parallel.state import get_tp_group
 from infernetes.runtime.request import LoRARequest
 
 # Which projections each merged layer holds, in output-column order.
@@ -45,23 +46,33 @@ class LoRALayerState:
         token_slots = self.manager.token_slots
         if token_slots is None:
             return
-        from infernetes.kernels.lora import apply_lora
+        apply_lora = self.manager.apply_lora
         for part in self.parts:
             apply_lora(x, out, part.lora_a, part.lora_b, token_slots, part.column_offset)
 
 
 class LoRAManager:
     def __init__(self, model: torch.nn.Module, arch: ModelArchConfig, max_loras: int,
-                 max_rank: int, max_cpu_loras: int, dtype: torch.dtype, device: torch.device):
+                 max_rank: int, max_cpu_loras: int, dtype: torch.dtype, device: torch.device,
+                 use_triton: bool = False):
         self.arch, self.max_rank, self.dtype = arch, max_rank, dtype
+        # The kernels every layer calls: Triton's on GPUs (no host sync, so a decode step with
+        # adapters can be captured in a CUDA graph), torch's elsewhere. Same semantics.
+        if use_triton:
+            from infernetes.kernels.triton.lora import apply_lora
+        else:
+            from infernetes.kernels.lora import apply_lora
+        self.apply_lora = apply_lora
         self.max_cpu_loras = max(max_cpu_loras, max_loras)
         self.slots = LoRASlots(max_loras)
         self.cpu: OrderedDict[int, LoRAAdapter] = OrderedDict()  # lora_int_id -> adapter, LRU
         self.token_slots: torch.Tensor | None = None  # this step's, [num_tokens] int32
-        # Adapter ids of unfinished requests (set by the engine): never dropped from CPU
-        # memory, so no step has to read a file that may have gone.
-        self.pinned: Callable[[], set[int]] = set
+        # Adapter ids of unfinished requests (from the scheduler, each step and at each
+        # submission): never dropped from CPU memory, so no step has to read a file that may
+        # have gone.
+        self.pinned: frozenset[int] = frozenset()
         self.device = device
+        self.tp = get_tp_group()  # slot weights hold this rank's shard of each adapter
         self.states: dict[tuple[int, str], _Part] = {}
         for index, layer in enumerate(model.model.layers):
             for name, module in (("qkv_proj", layer.self_attn.qkv_proj),
@@ -74,7 +85,7 @@ class LoRAManager:
         state = LoRALayerState(self, layer)
         offset = 0
         for projection in _LAYER_PARTS[name]:
-            in_features, out_features = projection_features(self.arch, projection)
+            in_features, out_features = sharded_features(self.arch, projection, self.tp)
             part = _Part(projection, offset,
                          torch.zeros(max_loras, self.max_rank, in_features, dtype=self.dtype,
                                      device=self.device),
@@ -94,7 +105,7 @@ class LoRAManager:
             adapter = load_lora_adapter(request.lora_path, request.lora_name, self.arch,
                                         self.max_rank, self.dtype)
             self.cpu[request.lora_int_id] = adapter
-            pinned = self.pinned() | {request.lora_int_id}
+            pinned = self.pinned | {request.lora_int_id}
             while len(self.cpu) > self.max_cpu_loras:
                 evicted = next((i for i in self.cpu
                                 if i not in pinned and self.slots.slot_of(i) is None), None)
@@ -133,8 +144,9 @@ class LoRAManager:
 
     def _fill_slot(self, slot: int, adapter: LoRAAdapter) -> None:
         self._clear_slot(slot)
-        for (layer, projection), weights in adapter.modules.items():
+        for (layer, projection), full in adapter.modules.items():
             part = self.states[(layer, projection)]
+            weights = shard_module(full, self.arch, projection, self.tp)
             rank = weights.a.shape[0]
             part.lora_a[slot, :rank].copy_(weights.a)
             part.lora_b[slot, :, :rank].copy_(weights.b)

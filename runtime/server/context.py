@@ -56,7 +56,7 @@ class ServingContext:
     async def load_adapter(self, module: LoRAModule) -> LoRARequest:
         """Reads and checks the adapter in the engine thread; a broken one is refused (400)
         and nothing else changes."""
-        if self.engine.engine.runner.lora is None:
+        if not self.engine.engine.runner.lora_enabled:
             raise OpenAIError(400, "LoRA is not enabled on this server (--enable-lora)",
                               "lora_name")
         if module.base_model_name not in (None, self.served_model_name):
@@ -74,7 +74,7 @@ class ServingContext:
 
     async def unload_adapter(self, name: str) -> None:
         request = self.adapters.remove(name)
-        await self.engine.call(lambda engine: engine.runner.lora.remove(request.lora_int_id))
+        await self.engine.call(lambda engine: engine.remove_lora(request.lora_int_id))
         self._count_adapters()
 
     async def track(self, adapter: LoRARequest | None, stream: AsyncIterator

@@ -48,16 +48,11 @@ def run_server(args: argparse.Namespace) -> int:
     if args.max_num_queued_requests is not None and args.max_num_queued_requests < 0:
         raise ValueError(f"--max-num-queued-requests must be non-negative, got "
                          f"{args.max_num_queued_requests}")
-    import uvicorn
-
     from infernetes.runtime.cli_args import engine_config_from_args
     from infernetes.runtime.config import ConfigError
-    from infernetes.runtime.server.adapters import parse_lora_module
-    from infernetes.runtime.server.errors import OpenAIError
     from infernetes.runtime.engine.async_engine import AsyncLLM
     from infernetes.runtime.engine.llm_engine import LLMEngine
-    from infernetes.runtime.server.app import build_app
-    from infernetes.runtime.server.context import ServingContext
+    from infernetes.runtime.server.adapters import parse_lora_module
     from infernetes.runtime.server.metrics import Metrics
 
     started = time.perf_counter()
@@ -69,6 +64,19 @@ def run_server(args: argparse.Namespace) -> int:
     served_model_name = config.resolved_served_model_name
     metrics = Metrics(served_model_name)
     async_llm = AsyncLLM(lambda: LLMEngine(config), on_stats=metrics.record)
+    try:
+        return _serve(args, async_llm, metrics, modules, served_model_name, started)
+    finally:
+        async_llm.shutdown()
+
+
+def _serve(args, async_llm, metrics, modules, served_model_name: str, started: float) -> int:
+    import uvicorn
+
+    from infernetes.runtime.config import ConfigError
+    from infernetes.runtime.server.app import build_app
+    from infernetes.runtime.server.context import ServingContext
+    from infernetes.runtime.server.errors import OpenAIError
     ctx = ServingContext(async_llm, served_model_name, api_keys(args), metrics,
                          args.max_num_queued_requests,
                          reasoning_parser=get_reasoning_parser(args.reasoning_parser))
@@ -82,10 +90,19 @@ def run_server(args: argparse.Namespace) -> int:
                 args.host, args.port, time.perf_counter() - started)
     server = _draining_server_class()(uvicorn.Config(app, host=args.host, port=args.port,
                                             log_level="info",
-                                            timeout_graceful_shutdown=args.drain_timeout))
+                                            timeout_graceful_shutdown=args.drain_timeout),
+                                      async_llm)
     server.run()
-    async_llm.shutdown()
+    if async_llm.is_dead():
+        logger.error("exiting: the engine stopped (%r)", async_llm.error)
+        return 1
     return 0
+
+
+# After the engine dies, /health answers 503 for this long before the process exits (non-zero,
+# so Kubernetes restarts the pod): probes and load balancers see the failure, and requests in
+# flight get their error responses.
+DEAD_ENGINE_EXIT_SECONDS = 2.0
 
 
 def _draining_server_class():
@@ -94,11 +111,28 @@ def _draining_server_class():
     class DrainingServer(uvicorn.Server):
         """uvicorn stops accepting on SIGTERM and waits for in-flight requests (up to the
         drain timeout), then re-raises the signal; a drained SIGTERM is an orderly stop here,
-        so the process exits 0, as Kubernetes expects of a terminated pod."""
+        so the process exits 0, as Kubernetes expects of a terminated pod. A dead engine (a
+        tensor-parallel worker gone, the loop crashed) stops the server too."""
+
+        def __init__(self, config, async_llm):
+            super().__init__(config)
+            self.async_llm = async_llm
+            self.engine_dead_since: float | None = None
 
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM:
                 self._captured_signals.remove(sig)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.async_llm.is_dead():
+                now = time.monotonic()
+                if self.engine_dead_since is None:
+                    self.engine_dead_since = now
+                    logger.error("the engine stopped (%r); exiting in %.0f s",
+                                 self.async_llm.error, DEAD_ENGINE_EXIT_SECONDS)
+                elif now - self.engine_dead_since >= DEAD_ENGINE_EXIT_SECONDS:
+                    self.should_exit = True
+            return await super().on_tick(counter)
 
     return DrainingServer

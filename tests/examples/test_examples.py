@@ -18,7 +18,7 @@ from infernetes.operator.config import OperatorConfig
 from infernetes.operator.resource import InferenceService
 from infernetes.operator.spec import GROUP, KIND, VERSION, parse_spec
 from infernetes.runtime.cli_args import (
-    add_compatibility_args, add_engine_args, check_compatibility_args)
+    add_compatibility_args, add_engine_args, check_compatibility_args, engine_config_from_args)
 from infernetes.runtime.config import ConfigError
 from infernetes.runtime.server.launch import add_server_args
 
@@ -30,8 +30,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 FILES = sorted(EXAMPLES.glob("*.yaml"))
 # Examples that need a runtime feature this version refuses at start: the flag, which the
 # example's header must own up to. Remove an entry when the feature lands.
-NEEDS_UNRELEASED = {"qwen2.5-72b-tp4.yaml": "--tensor-parallel-size",
-                    "deepseek-r1-distill-qwen-32b.yaml": "--tensor-parallel-size"}
+NEEDS_UNRELEASED: dict[str, str] = {}
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -105,6 +104,42 @@ def test_runtime_accepts_the_flags(name, isvc) -> None:
 def test_reasoning_example_uses_a_parser_the_runtime_has() -> None:
     [isvc] = documents(EXAMPLES / "deepseek-r1-distill-qwen-32b.yaml")
     assert parse_serve(isvc["spec"]["engine"]["extraArgs"]).reasoning_parser == "deepseek_r1"
+
+
+@pytest.mark.parametrize("file_name, tp", [("qwen2.5-72b-tp4.yaml", 4),
+                                           ("deepseek-r1-distill-qwen-32b.yaml", 2)])
+def test_tensor_parallel_examples_reach_the_runtime_with_shared_memory(file_name, tp) -> None:
+    [isvc] = [d for d in documents(EXAMPLES / file_name) if d["kind"] == KIND]
+    obj = {**isvc, "metadata": {"namespace": "ml", **isvc["metadata"]}}
+    [deployment] = [c for c in build_children(InferenceService.from_object(obj),
+                                              OperatorConfig(), None, True)
+                    if c["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    parsed = parse_serve(container["args"][1:])
+    config = engine_config_from_args(parsed, parsed.model)  # the runtime's own checks
+    assert config.tensor_parallel_size == tp
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (tp, str(tp))
+    # The ranks' NCCL buffers live in /dev/shm: a memory-backed volume, not the node's 64 MiB.
+    shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    volume = next(v for v in pod["volumes"] if v["name"] == shm["name"])
+    assert volume["emptyDir"]["medium"] == "Memory"
+
+
+def test_lora_example_serves_its_adapters() -> None:
+    [isvc] = documents(EXAMPLES / "llama-3.1-8b-lora.yaml")
+    obj = {**isvc, "metadata": {"namespace": "ml", **isvc["metadata"]}}
+    [deployment] = [c for c in build_children(InferenceService.from_object(obj),
+                                              OperatorConfig(), None, True)
+                    if c["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    parsed = parse_serve(pod["containers"][0]["args"][1:])
+    assert parsed.enable_lora and parsed.max_loras == 2
+    assert parsed.lora_modules == ["sql=/adapters/sql", "support=/adapters/support"]
+    assert [init["args"][:2] for init in pod["initContainers"]] == [
+        ["download", adapter["source"]] for adapter in isvc["spec"]["adapters"]]
+    for init in pod["initContainers"]:  # the adapters are as gated as the model
+        assert "HF_TOKEN" in {var["name"] for var in init["env"]}
 
 
 def test_secrets_are_valid_placeholders_the_services_refer_to() -> None:

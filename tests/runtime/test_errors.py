@@ -63,3 +63,10 @@ def test_missing_files(tiny_models, tmp_path):
 def test_bad_engine_settings_name_the_flag(tiny_models, kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         LLM(tiny_models["llama"], skip_tokenizer_init=True, **kwargs)
+
+
+def test_a_context_shorter_than_the_warm_up_pass_still_serves(tiny_models):
+    llm = LLM(tiny_models["llama"], skip_tokenizer_init=True, max_model_len=8)
+    out = llm.generate({"prompt_token_ids": [3, 4, 5]}, SamplingParams(max_tokens=5,
+                                                                        ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 5

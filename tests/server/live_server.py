@@ -6,8 +6,12 @@ unique names, never in a conftest, which pytest may import under the shared name
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
+
+SERVE = [sys.executable, "-m", "infernetes.runtime.cli", "serve"]
 
 
 def free_port() -> int:
@@ -59,3 +63,27 @@ def start_server(api_keys: list[str] | None = None, max_num_queued_requests: int
                          max_num_queued_requests,
                          reasoning_parser=get_reasoning_parser(reasoning_parser))
     return LiveServer(ctx, build_app(ctx))
+
+
+def start_serve_process(flags: list[str], timeout: float = 180
+                        ) -> tuple[subprocess.Popen, str]:
+    """`infernetes serve FLAGS` on a free loopback port, as a user runs it, once /health
+    answers 200: (the process, its base URL). Output goes to the process's stdout pipe."""
+    import httpx
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(SERVE + ["--host", "127.0.0.1", "--port", str(port)] + flags,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited at start:\n{process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the server did not become ready:\n{process.stdout.read()}")
+        time.sleep(0.2)

@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import pytest
 
-from live_server import free_port
-
-SERVE = [sys.executable, "-m", "infernetes.runtime.cli", "serve"]
+from live_server import SERVE, start_serve_process
 
 
 @pytest.mark.parametrize("flags,named", [
     (["--lora-modules", "sql=/nowhere"], "--lora-modules needs --enable-lora"),
     (["--lora-modules", "sql"], "--lora-modules: expected NAME=PATH"),
     (["--enable-lora", "--max-loras", "0"], "--max-loras must be at least 1"),
-    (["--tensor-parallel-size", "2"], "--tensor-parallel-size"),
+    (["--tensor-parallel-size", "2"], "--tensor-parallel-size 2: the model's 9 attention heads"),
+    (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
     (["--tool-call-parser", "hermes"], "--tool-call-parser"),
     (["--no-such-flag"], "--no-such-flag"),
     (["--max-model-len", "1"], "--max-model-len"),
@@ -33,23 +30,9 @@ def test_unsupported_or_bad_flags_fail_at_start_naming_them(flags, named):
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero():
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        SERVE + ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                 "--max-model-len", "1024", "--kv-cache-memory", "128MiB"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, url = start_serve_process(["--dtype", "float32", "--max-model-len", "1024",
+                                        "--kv-cache-memory", "128MiB"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
         events: list[str] = []
         first_chunk = threading.Event()
 
