@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--kv-cache-memory", default=None, help="per rank; default: the engine's")
+    p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--output-json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -55,7 +56,7 @@ def build(args: argparse.Namespace, folder: Path, tp: int):
     llm = LLM(str(folder), dtype=args.dtype, device=args.device, load_format="dummy",
               skip_tokenizer_init=True, tensor_parallel_size=tp,
               max_num_seqs=max(args.num_requests, *decode_batches(args)),
-              kv_cache_memory=args.kv_cache_memory)
+              kv_cache_memory=args.kv_cache_memory, max_model_len=args.max_model_len)
     return llm, time.perf_counter() - started
 
 

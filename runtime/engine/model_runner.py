@@ -1,7 +1,9 @@
 """Turns a `SchedulerOutput` into tensors, runs the model over the paged KV cache, samples.
 
 The batch layout the attention backends expect: decode tokens (one per sequence, with context)
-first, then every prefill chunk. Logits are computed only for rows that sample.
+first, then every prefill chunk. Decode tokens are ordered by adapter, so that each adapter's
+tokens are contiguous rows (a prefill chunk is already): the LoRA kernels then take views, not
+gathers. Logits are computed only for rows that sample.
 """
 from __future__ import annotations
 
@@ -164,7 +166,7 @@ class ModelRunner:
             self._generators.pop(request_id, None)
         if scheduler_output.is_empty:
             return ModelRunnerOutput({})
-        items = sorted(scheduler_output.scheduled, key=lambda s: not _is_decode(s))
+        items = sorted(scheduler_output.scheduled, key=_batch_order)
         input_ids, positions, meta, logits_index = self._prepare(items)
         if self.lora is not None:
             self.lora.pinned = scheduler_output.lora_ids_in_flight
@@ -288,6 +290,12 @@ class ModelRunner:
             meta.decode_key_mask = decode_key_mask(decode_lens, width * self.block_size,
                                                    self.sliding_window).to(self.device)
         return meta
+
+
+def _batch_order(item: ScheduledRequest) -> tuple[bool, int]:
+    """Decode tokens first, grouped by adapter; then prefill chunks (stable: in order)."""
+    decode = _is_decode(item)
+    return (not decode, item.lora_id if decode else 0)
 
 
 def _is_decode(item: ScheduledRequest) -> bool:
