@@ -2,7 +2,8 @@
 ModelRunner (the methods the engine calls on a runner, with the same signatures).
 
 Every call goes to every rank (one pickle, N sends) and waits for every answer: the ranks run
-the same step in lockstep, since their collectives meet. Rank 0's result is the call's result
+the same step in lockstep, since their collectives meet. A step goes out as a StepDelta: each
+request's prompt once, then only its new output tokens. Rank 0's result is the call's result
 (it alone samples); the KV-cache size is the smallest any rank can hold.
 
 Ranks find each other through a TCP store this process binds on loopback to a free port (no
@@ -26,6 +27,7 @@ from multiprocessing.connection import Connection, wait
 import torch
 
 from infernetes.runtime.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from infernetes.runtime.parallel.step_delta import StepEncoder
 from infernetes.runtime.parallel.worker import RunnerSpec, WorkerInfo, worker_main
 from infernetes.runtime.request import LoRARequest
 
@@ -50,6 +52,7 @@ class MultiprocExecutor:
         self._conns: list[Connection] = []
         self._dead: str | None = None
         self._closing = False
+        self._steps = StepEncoder()
         for rank in range(tp_size):
             parent_end, child_end = context.Pipe()
             process = context.Process(
@@ -96,7 +99,7 @@ class MultiprocExecutor:
         self._call("capture_cuda_graphs", max_num_seqs)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self._call("execute_model", scheduler_output)[0]
+        return self._call("execute_model", self._steps.encode(scheduler_output))[0]
 
     def add_lora(self, request: LoRARequest, in_flight: frozenset[int]) -> None:
         self._call("add_lora", request, in_flight)

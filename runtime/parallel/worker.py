@@ -2,7 +2,8 @@
 ModelRunner) and runs the calls the engine sends it, in order, until told to stop.
 
 Protocol over the worker's end of a multiprocessing Pipe: the engine sends pickled
-`(method, args)`; the worker answers every call with `("ok", result)` or `("error",
+`(method, args)` (a step's SchedulerOutput as a StepDelta: what changed since the last); the
+worker answers every call with `("ok", result)` or `("error",
 exception)`. Its first message, unasked, is `("ok", WorkerInfo)` once the model is loaded (or
 the error that stopped it). A failure in a call that runs collectives (a step, the KV cache,
 warm-up) leaves the group unusable, so the worker reports it and exits; the engine sees the
@@ -28,6 +29,7 @@ import torch
 
 from infernetes.runtime.config import LoRAConfig
 from infernetes.runtime.model_config import ModelArchConfig
+from infernetes.runtime.parallel.step_delta import StepDecoder, StepDelta
 
 # Calls that run no collective: their failure harms nothing else, and the worker goes on.
 RECOVERABLE_CALLS = frozenset({"add_lora", "remove_lora"})
@@ -85,7 +87,21 @@ def worker_main(rank: int, size: int, store_port: int, backend: str, spec: Runne
         traceback.print_exc()
         _send(conn, ("error", portable_error(e)))
         sys.exit(1)
-    _serve(runner, conn)
+    _serve(_DeltaStepRunner(runner), conn)
+
+
+class _DeltaStepRunner:
+    """The rank's ModelRunner, whose steps arrive as StepDeltas (runtime/parallel/step_delta.py)."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.decoder = StepDecoder()
+
+    def execute_model(self, delta: StepDelta):
+        return self.runner.execute_model(self.decoder.decode(delta))
+
+    def __getattr__(self, name: str):
+        return getattr(self.runner, name)
 
 
 def _serve(runner, conn: Connection) -> None:
