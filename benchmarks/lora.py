@@ -85,9 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- adapters ------------------------------------------------------------------------------------
 
-def write_adapter(folder: Path, model_folder: Path, rank: int, seed: int) -> Path:
+def write_adapter(folder: Path, model_folder: Path, rank: int, seed: int,
+                  std: float = ADAPTER_STD) -> Path:
     """A PEFT LoRA adapter for the model in `model_folder`: rank `rank` on all seven projections
-    of every layer, A and B drawn from N(0, ADAPTER_STD)."""
+    of every layer, A and B drawn from N(0, std)."""
     import torch
     from safetensors.torch import save_file
 
@@ -104,7 +105,7 @@ def write_adapter(folder: Path, model_folder: Path, rank: int, seed: int) -> Pat
             prefix = f"base_model.model.model.layers.{layer}.{PROJECTION_PARENTS[module]}.{module}"
             for side, shape in (("A", (rank, in_features)), ("B", (out_features, rank))):
                 tensors[f"{prefix}.lora_{side}.weight"] = (
-                    torch.randn(shape, generator=generator) * ADAPTER_STD)
+                    torch.randn(shape, generator=generator) * std)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,

@@ -95,8 +95,11 @@ class LLM:
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              add_generation_prompt: bool = True, continue_final_message: bool = False,
              chat_template: str | None = None, chat_template_kwargs: dict | None = None,
-             tools: list[dict] | None = None) -> list[RequestOutput]:
-        """messages: one conversation (a list of {"role", "content"}) or a list of them."""
+             tools: list[dict] | None = None,
+             lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None
+             ) -> list[RequestOutput]:
+        """messages: one conversation (a list of {"role", "content"}) or a list of them.
+        lora_request: as in `generate`, per conversation."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.engine.tokenizer
         if tokenizer is None:
@@ -108,7 +111,7 @@ class LLM:
                 continue_final_message=continue_final_message, tools=tools,
                 chat_template=chat_template, template_kwargs=chat_template_kwargs)
             prompts.append(tokenizer.encode(text, add_special_tokens=False))
-        return self._run(prompts, sampling_params)
+        return self._run(prompts, sampling_params, lora_request)
 
     def _run(self, prompts: list[str | list[int]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None,

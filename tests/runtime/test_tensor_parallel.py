@@ -117,23 +117,33 @@ def test_sizes_the_model_cannot_take_are_refused_naming_the_flag(tiny_models, mo
         check_tensor_parallel(arch, 2, torch.device("cuda"))
 
 
-def test_smollm2_splits_over_three_ranks_only(smollm2):
-    """9 query heads, 3 KV heads, intermediate 1536: sizes 1 and 3 (9 would leave 1536/9)."""
+def test_smollm2_splits_over_three_ranks_only(smollm2, tmp_path):
+    """9 query heads, 3 KV heads, intermediate 1536: sizes 1 and 3 (9 would leave 1536/9).
+    At 3 ranks, chat greedy tokens equal one process's, for the base model and an adapter."""
+    from infernetes.benchmarks.lora import write_adapter
     arch = smollm2.engine.arch
     assert (arch.num_attention_heads, arch.num_key_value_heads) == (9, 3)
     assert supported_sizes(arch) == [1, 3]
     with pytest.raises(ConfigError, match="--tensor-parallel-size 2: the model's 9 attention "
                                           "heads are not divisible by it"):
         LLM(dtype="float32", tensor_parallel_size=2)
-    questions = ["What is the capital of France?", "Name three primary colours."]
-    conversations = [[{"role": "user", "content": q}] for q in questions]
+    adapter = write_adapter(tmp_path / "ft", smollm2.engine.model_folder, rank=8, seed=3,
+                            std=0.1)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    conversations = [question, question, [{"role": "user", "content": "Name a colour."}]]
+    requests = [None] + lora_requests(["ft", "ft"], {"ft": str(adapter)})
     params = SamplingParams(temperature=0, max_tokens=12)
-    expected = [o.outputs[0].token_ids for o in smollm2.chat(conversations, params)]
-    with LLM(dtype="float32", max_model_len=2048, kv_cache_memory="256MiB",
-             tensor_parallel_size=3) as tp:
-        got = [o.outputs[0].token_ids for o in tp.chat(conversations, params)]
-        assert tp.engine.runner.workers[0].weight_bytes < smollm2.engine.runner.weight_bytes / 2
-    assert got == expected
+    tokens = {}
+    for tp in (1, 3):
+        with LLM(dtype="float32", max_model_len=512, kv_cache_memory="128MiB",
+                 enable_lora=True, max_lora_rank=8, tensor_parallel_size=tp) as llm:
+            outputs = llm.chat(conversations, params, lora_request=requests)
+            tokens[tp] = [o.outputs[0].token_ids for o in outputs]
+            if tp == 3:
+                assert llm.engine.runner.workers[0].weight_bytes < \
+                    smollm2.engine.runner.weight_bytes / 2
+    assert tokens[3] == tokens[1]
+    assert tokens[1][0] != tokens[1][1]  # the adapter changes the answer
 
 
 def test_a_dead_worker_stops_the_engine_and_the_other_ranks(tiny_models):
