@@ -51,7 +51,7 @@ class MultiprocExecutor:
         self.processes: list[multiprocessing.Process] = []
         self._conns: list[Connection] = []
         self._dead: str | None = None
-        self._closing = False
+        self._closing = threading.Event()  # set by shutdown: workers exiting is expected
         self._steps = StepEncoder()
         for rank in range(tp_size):
             parent_end, child_end = context.Pipe()
@@ -62,8 +62,10 @@ class MultiprocExecutor:
             child_end.close()
             self.processes.append(process)
             self._conns.append(parent_end)
-        self._finalizer = weakref.finalize(self, _stop, self.processes, self._conns)
-        threading.Thread(target=self._watch, name="tp-worker-watch", daemon=True).start()
+        self._finalizer = weakref.finalize(self, _stop, self.processes, self._conns,
+                                           self._closing)
+        threading.Thread(target=_watch, args=(self.processes, self._closing, weakref.ref(self)),
+                         name="tp-worker-watch", daemon=True).start()
         try:
             self.workers: list[WorkerInfo] = self._collect()
         except WorkerDiedError as e:
@@ -115,14 +117,6 @@ class MultiprocExecutor:
 
     def shutdown(self) -> None:
         """Ask every worker to stop, then kill what is left after a few seconds."""
-        if self._closing:
-            return
-        self._closing = True
-        for conn in self._conns:
-            try:
-                conn.send_bytes(pickle.dumps(("shutdown", ())))
-            except OSError:
-                pass
         self._finalizer()
 
     def _call(self, method: str, *args) -> list:
@@ -163,16 +157,8 @@ class MultiprocExecutor:
             raise WorkerDiedError(self._dead)
         return [answers[r][1] for r in range(self.size)]
 
-    def _watch(self) -> None:
-        """Until shutdown: the first worker to exit kills the rest."""
-        sentinels = {p.sentinel: rank for rank, p in enumerate(self.processes)}
-        ready = wait(list(sentinels))
-        if self._closing:
-            return
-        self._mark_dead(sentinels[ready[0]])
-
     def _mark_dead(self, rank: int) -> None:
-        if self._dead is not None or self._closing:
+        if self._dead is not None or self._closing.is_set():
             return
         process = self.processes[rank]
         process.join(0.1)
@@ -184,7 +170,28 @@ class MultiprocExecutor:
                 other.kill()
 
 
-def _stop(processes: list[multiprocessing.Process], conns: list[Connection]) -> None:
+def _watch(processes: list[multiprocessing.Process], closing: threading.Event,
+           executor: weakref.ref) -> None:
+    """Until shutdown: the first worker to exit marks the executor dead, which kills the rest.
+    (A weak reference: this thread must not keep a dropped executor alive.)"""
+    sentinels = {p.sentinel: rank for rank, p in enumerate(processes)}
+    ready = wait(list(sentinels))
+    alive = executor()
+    if not closing.is_set() and alive is not None:
+        alive._mark_dead(sentinels[ready[0]])
+
+
+def _stop(processes: list[multiprocessing.Process], conns: list[Connection],
+          closing: threading.Event) -> None:
+    """Ask each worker to stop, wait a few seconds, kill what is left. Also run when the
+    executor is garbage-collected and at the interpreter's exit (weakref.finalize)."""
+    closing.set()
+    message = pickle.dumps(("shutdown", ()))
+    for conn in conns:
+        try:
+            conn.send_bytes(message)
+        except OSError:  # that worker is gone already
+            pass
     deadline = time.monotonic() + _STOP_SECONDS
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))

@@ -162,3 +162,15 @@ def test_a_dead_worker_stops_the_engine_and_the_other_ranks(tiny_models):
     with pytest.raises(WorkerDiedError):
         llm.generate([{"prompt_token_ids": [1, 2, 3]}], params)
     llm.shutdown()
+
+
+def test_a_dropped_engine_stops_its_workers(tiny_models):
+    import gc
+    llm = LLM(tiny_models["llama"], dtype="float32", skip_tokenizer_init=True,
+              tensor_parallel_size=2)
+    processes = llm.engine.runner.processes
+    del llm
+    gc.collect()
+    for process in processes:
+        process.join(10)
+    assert [p.exitcode for p in processes] == [0, 0]  # asked to stop, not killed
