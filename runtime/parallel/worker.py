@@ -10,8 +10,9 @@ warm-up) leaves the group unusable, so the worker reports it and exits; the engi
 exit and stops the other ranks. Adapter loading runs no collective and only reports.
 
 The worker dies with the process that started it (PR_SET_PDEATHSIG on Linux) and when its pipe
-closes, so no exit of the engine leaves ranks behind; it ignores SIGINT, which a terminal
-sends to the whole process group: the engine decides when its workers stop.
+closes, so no exit of the engine leaves ranks behind. It ignores SIGINT and SIGTERM, which a
+terminal, `pkill` or a service manager may send to every process of the server at once: the
+engine decides when its workers stop, after the server has drained its requests.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def worker_main(rank: int, size: int, store_port: int, backend: str, spec: Runne
                 conn: Connection) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from infernetes.runtime.engine.model_runner import ModelRunner
     from infernetes.runtime.parallel.state import init_tensor_parallel
     try:

@@ -52,9 +52,16 @@ def test_a_killed_worker_fails_health_and_stops_the_server():
 
 
 def test_sigterm_stops_every_worker():
+    """Also when every process of the server gets the signal (pkill, a service manager): the
+    workers outlive it until the server has drained and stops them."""
     process, url = start_serve_process(FLAGS)
     try:
         workers = _workers(process.pid)
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the engine checks its workers at least every 0.5 s
+        assert all(worker.is_running() for worker in workers)
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         assert _gone(workers)
