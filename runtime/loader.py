@@ -59,24 +59,28 @@ class CheckpointTensor:
         return len(self.shape)
 
     def read(self) -> torch.Tensor:
-        return self.narrow(0, 0, self.shape[0]) if self.shape else self._read_rows(0, 1, 0)
+        if not self.shape:  # a scalar
+            out = torch.empty((), dtype=self.dtype)
+            self._read_into(out, self.offset)
+            return out
+        return self.narrow(0, 0, self.shape[0])
 
     def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
         if not 0 <= start <= start + length <= self.shape[dim]:
             raise ValueError(f"{self.name}: cannot take [{start}, {start + length}) of "
                              f"dimension {dim} of size {self.shape[dim]}")
         if dim == 0:
-            return self._read_rows(start, length, self.shape.numel() // max(1, self.shape[0]))
+            return self._read_rows(start, length)
         if dim == 1 and self.dim() == 2:
             return self._read_columns(start, length)
         return self.read().narrow(dim, start, length)
 
-    def _read_rows(self, start: int, length: int, row_elements: int) -> torch.Tensor:
-        item = self.dtype.itemsize
-        row_elements = row_elements or 1
-        out = torch.empty(length * row_elements, dtype=self.dtype)
-        self._read_into(out, self.offset + start * row_elements * item)
-        return out.view(length, *self.shape[1:]) if self.shape else out.view(())
+    def _read_rows(self, start: int, length: int) -> torch.Tensor:
+        """Rows [start, start + length): one read."""
+        row_shape = self.shape[1:]
+        out = torch.empty(length, *row_shape, dtype=self.dtype)
+        self._read_into(out, self.offset + start * math.prod(row_shape) * self.dtype.itemsize)
+        return out
 
     def _read_columns(self, start: int, length: int) -> torch.Tensor:
         """Per row, one read of the columns [start, start + length)."""
@@ -88,8 +92,9 @@ class CheckpointTensor:
         return out
 
     def _read_into(self, target: torch.Tensor, position: int) -> None:
-        view = memoryview(target.view(torch.uint8).numpy())
-        size = len(view)
+        """target: contiguous; filled from the file's bytes at `position`."""
+        view = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+        size = view.nbytes
         if size and os.preadv(self.file.fileno(), [view], position) != size:
             raise ValueError(f"{self.file.name} is truncated: tensor {self.name!r} is "
                              f"incomplete")

@@ -26,14 +26,13 @@ from typing import Any, Callable
 
 import torch
 
-from infernetes.benchmarks.gpu.bench_small_kernels import time_ms
+from infernetes.benchmarks.gpu.bench_small_kernels import l2_flush_buffer, time_ms
 from infernetes.kernels import lora as torch_lora
 from infernetes.kernels.triton import lora as triton_lora
 
 RANK = 16
 ADAPTER_COUNTS = (0, 1, 4, 8)
 WARMUP, REPEATS = 3, 20
-L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2
 Y_BYTES = 4  # the float32 intermediate of shrink -> expand
 
 
@@ -188,10 +187,8 @@ def run(device: str | torch.device = "cuda", layers: tuple[LoRALayer, ...] = LLA
         adapter_counts: tuple[int, ...] = ADAPTER_COUNTS, rank: int = RANK) -> dict[str, Any]:
     """Time every (layer, batch, adapter count) -> a JSON-ready report."""
     device = torch.device(device)
-    if device.type != "cuda":
-        raise ValueError(f"device: the benchmark times with CUDA events, got {device}")
+    flush = l2_flush_buffer(device)
     dtype = torch.bfloat16
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
     results = []
     with torch.cuda.device(device):
         for layer in layers:

@@ -168,14 +168,20 @@ def time_ms(fn: Callable[[], Any], flush: torch.Tensor, warmup: int = WARMUP,
     return statistics.median(start.elapsed_time(end) for start, end in pairs)
 
 
+def l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    """The buffer time_ms zeroes before each call, on `device`, which must be a GPU (the
+    timer uses CUDA events); ValueError naming the device otherwise."""
+    if device.type != "cuda":
+        raise ValueError(f"device: the benchmark times with CUDA events, got {device}")
+    return torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+
+
 def run(device: str | torch.device = "cuda", shape: ModelShape = LLAMA_8B,
         token_counts: tuple[int, ...] = TOKEN_COUNTS) -> dict[str, Any]:
     """Time every op at every token count -> a JSON-ready report."""
     device = torch.device(device)
-    if device.type != "cuda":
-        raise ValueError(f"device: the benchmark times with CUDA events, got {device}")
+    flush = l2_flush_buffer(device)
     dtype = torch.bfloat16
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
     results = []
     with torch.cuda.device(device):
         for num_tokens in token_counts:

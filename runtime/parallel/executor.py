@@ -15,6 +15,7 @@ interpreter's exit, and each worker dies with this process in any case.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import pickle
@@ -123,10 +124,8 @@ class MultiprocExecutor:
         self.check_health()
         message = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
         for conn in self._conns:
-            try:
+            with contextlib.suppress(OSError):  # a dead worker: _collect reports it
                 conn.send_bytes(message)
-            except OSError:
-                pass  # a dead worker: _collect reports it
         return self._collect()
 
     def _collect(self) -> list:
@@ -138,7 +137,7 @@ class MultiprocExecutor:
             ready = wait(list(pending.values()) + list(sentinels))
             for item in ready:
                 rank = next((r for r, c in pending.items() if c is item), None)
-                if rank is not None and rank in pending:
+                if rank is not None:
                     try:
                         answers[rank] = pending.pop(rank).recv()
                     except (EOFError, OSError):
@@ -188,10 +187,8 @@ def _stop(processes: list[multiprocessing.Process], conns: list[Connection],
     closing.set()
     message = pickle.dumps(("shutdown", ()))
     for conn in conns:
-        try:
+        with contextlib.suppress(OSError):  # that worker is gone already
             conn.send_bytes(message)
-        except OSError:  # that worker is gone already
-            pass
     deadline = time.monotonic() + _STOP_SECONDS
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))

@@ -68,3 +68,27 @@ def test_dummy_load_format_needs_only_config_json(tiny_models, tmp_path):
     assert runs[0] == runs[1] and len(runs[0]) == 6
     with pytest.raises(ValueError, match="--load-format must be one of auto, dummy"):
         LLM(str(tmp_path), load_format="random", skip_tokenizer_init=True)
+
+
+def test_checkpoint_slices_read_only_what_they_cover(tmp_path):
+    """A rank's rows or columns of a tensor equal the slices of the whole, for every shape a
+    checkpoint may hold (scalars and empty tensors too); bytes read are counted."""
+    from safetensors.torch import save_file
+
+    from infernetes.runtime.loader import iterate_checkpoint
+    tensors = {"matrix": torch.randn(6, 5), "scalar": torch.tensor(3.5),
+               "empty": torch.zeros(4, 0), "cube": torch.randn(2, 3, 4).bfloat16()}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    counter = [0]
+    for name, lazy in iterate_checkpoint([path], counter):
+        whole = tensors[name]
+        assert torch.equal(lazy.read(), whole)
+        if name in ("matrix", "cube"):
+            assert torch.equal(lazy.narrow(0, 1, 1), whole[1:2])
+            assert torch.equal(lazy.narrow(1, 1, 2), whole.narrow(1, 1, 2))
+    counter[0] = 0
+    for name, lazy in iterate_checkpoint([path], counter):  # valid until the next one
+        if name == "matrix":
+            lazy.narrow(1, 0, 2)
+    assert counter[0] == 6 * 2 * 4  # two float32 columns of six rows, nothing else
