@@ -11,4 +11,6 @@ packages = ["infernetes"] + [
     f"infernetes.{name}"
     for name in find_packages(include=[f"{folder}*" for folder in CODE_FOLDERS])
 ]
-setup(packages=packages, package_dir={"infernetes": "."})
+# The CPU kernels' C sources, compiled on first use (kernels/cpu/library.py).
+setup(packages=packages, package_dir={"infernetes": "."},
+      package_data={"infernetes.kernels.cpu": ["csrc/*.c", "csrc/*.h"]})

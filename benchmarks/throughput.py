@@ -7,6 +7,9 @@ What it measures, per engine, on the same random prompt token ids and the same w
     batched `generate`), in generated tokens per second of wall time;
   * single-request throughput: one prompt generating `--output-len` tokens, tokens per second;
   * peak RSS: `ru_maxrss` of a fresh subprocess that ran only that engine's phase.
+With `--rounds N` the engines alternate N times (infernetes, transformers, infernetes, ...) and
+the report gives each figure's median, the ratios from the medians: on a shared machine, one
+run of each says more about the neighbours than about the engines.
 Generation is greedy and never stops early (ignore_eos / min_new_tokens), so every request makes
 exactly `--output-len` tokens. Each engine gets a short untimed warm-up first. Phases run one
 after another, each in its own process (this script re-invoked with a hidden `--phase`); the
@@ -15,6 +18,7 @@ parent imports neither torch nor infernetes, so it adds nothing to the children'
 Run from the repository root:
     python benchmarks/throughput.py --num-prompts 64 --output-len 128
     python benchmarks/throughput.py --skip-transformers --output-json /tmp/bench.json
+    python benchmarks/throughput.py --rounds 3 --output-json benchmarks/results/x.json
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import json
 import os
 import random
 import resource
+from statistics import median
 import subprocess
 import sys
 import tempfile
@@ -51,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-json", default=None, help="write all results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    p.add_argument("--kernel-backend", default="auto", help="infernetes' --kernel-backend")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the engines this many times; report medians")
     p.add_argument("--phase", choices=PHASES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -93,8 +101,9 @@ def run_infernetes(args: argparse.Namespace, folder: Path,
 
     start = time.perf_counter()
     llm = LLM(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-              max_num_seqs=args.max_num_seqs)
-    result: dict[str, Any] = {"load_s": time.perf_counter() - start}
+              max_num_seqs=args.max_num_seqs, kernel_backend=args.kernel_backend)
+    result: dict[str, Any] = {"load_s": time.perf_counter() - start,
+                              "kernel_backend": llm.engine.runner.kernels}
 
     def generate(batch: list[list[int]], max_tokens: int) -> dict[str, float]:
         params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
@@ -168,7 +177,8 @@ def phase_argv(args: argparse.Namespace) -> list[str]:
     """The user's settings as command-line flags for a phase process."""
     argv: list[str] = []
     for key, value in vars(args).items():
-        if key in ("phase", "result_file", "output_json") or value is None or value is False:
+        if key in ("phase", "result_file", "output_json", "rounds") or value is None \
+                or value is False:
             continue
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
@@ -193,13 +203,26 @@ def tok_s(result: dict[str, Any] | None, key: str) -> float | None:
     return result[key]["tok_per_s"] if result and key in result else None
 
 
+def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine's runs as one result: the median of each figure, every run kept."""
+    result = dict(runs[0])
+    for key in ("load_s", "peak_rss_mb"):
+        result[key] = median([r[key] for r in runs])
+    for key in ("batched", "single"):
+        if key in runs[0]:
+            result[key] = {**runs[0][key], "tok_per_s": median([tok_s(r, key) for r in runs])}
+    result["runs"] = runs
+    return result
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     print(f"\n{args.num_prompts} prompts x {args.input_len} input tokens -> {args.output_len} "
-          f"output tokens, dtype {args.dtype}, {os.cpu_count()} CPUs")
+          f"output tokens, dtype {args.dtype}, {os.cpu_count()} CPUs, medians of "
+          f"{args.rounds} round(s)")
     header = (f"{'engine':<13}{'load s':>8}{'batched tok/s':>15}{'single tok/s':>14}"
               f"{'peak RSS MB':>13}")
     print(header)
@@ -223,7 +246,11 @@ def main() -> None:
         return
     child_argv = phase_argv(args)
     phases = [p for p in PHASES if not (p == "transformers" and args.skip_transformers)]
-    results = {phase: spawn_phase(phase, child_argv) for phase in phases}  # sequential
+    runs: dict[str, list[dict[str, Any]]] = {phase: [] for phase in phases}
+    for _ in range(args.rounds):  # one engine after another, alternating
+        for phase in phases:
+            runs[phase].append(spawn_phase(phase, child_argv))
+    results = {phase: median_result(phase_runs) for phase, phase_runs in runs.items()}
     checksums = {r["prompts_sha256"] for r in results.values()}
     if len(checksums) != 1:
         raise RuntimeError("the engines did not get the same prompts")

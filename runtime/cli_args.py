@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from infernetes.runtime.config import (
-    DTYPE_CHOICES, CacheConfig, ConfigError, EngineConfig, LoRAConfig, SchedulerConfig,
-    parse_size)
+    DTYPE_CHOICES, KERNEL_BACKENDS, CacheConfig, ConfigError, EngineConfig, LoRAConfig,
+    SchedulerConfig, parse_size)
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "processes sharing the cores)")
     g.add_argument("--enforce-eager", action="store_true",
                    help="run decode batches eagerly on GPU, without CUDA graphs")
+    g.add_argument("--kernel-backend", default="auto", choices=KERNEL_BACKENDS,
+                   help="auto: Triton on GPU, our C kernels on CPU (built with the system C "
+                        "compiler on first use; torch's ops when that fails); torch: plain "
+                        "torch ops; cpu, triton: insist on one")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
                    help="dummy: random weights (seeded by --seed), for benchmarking a model "
                         "shape from its config.json alone")
@@ -73,6 +77,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None) -> Engi
     return EngineConfig(
         model=model, tokenizer=args.tokenizer, revision=args.revision,
         load_format=args.load_format, enforce_eager=args.enforce_eager,
+        kernel_backend=args.kernel_backend,
         dtype=args.dtype, device=args.device, tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed, max_model_len=args.max_model_len, chat_template=args.chat_template,
         generation_config=args.generation_config, cache=cache, scheduler=scheduler,

@@ -13,7 +13,7 @@ _DTYPE_NAMES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16"
                 "float16": "float16", "half": "float16"}
 DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)
 LOAD_FORMATS = ("auto", "dummy")
-KERNEL_BACKENDS = ("auto", "torch", "triton")
+KERNEL_BACKENDS = ("auto", "torch", "triton", "cpu")  # runtime/engine/kernel_backend.py
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -139,8 +139,8 @@ class EngineConfig:
     # model shapes with only a config.json, as vLLM's --load-format dummy).
     load_format: str = "auto"
     enforce_eager: bool = False  # no CUDA graphs for decode batches
-    # "auto": Triton kernels on CUDA, torch on CPU; "triton" on CPU runs the kernels in
-    # Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
+    # runtime/engine/kernel_backend.py: "auto" (Triton on CUDA, our C kernels on CPU), "torch",
+    # "cpu"; "triton" on CPU runs the kernels in Triton's interpreter (TRITON_INTERPRET=1).
     kernel_backend: str = "auto"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -161,8 +161,8 @@ class EngineConfig:
             raise ConfigError(f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got "
                               f"{self.load_format!r}")
         if self.kernel_backend not in KERNEL_BACKENDS:
-            raise ConfigError(f"kernel_backend must be one of {', '.join(KERNEL_BACKENDS)}, "
-                              f"got {self.kernel_backend!r}")
+            raise ConfigError(f"--kernel-backend must be one of "
+                              f"{', '.join(KERNEL_BACKENDS)}, got {self.kernel_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 

@@ -18,8 +18,10 @@ from infernetes.kernels.paged_attention import decode_key_mask, kv_store_index
 from infernetes.runtime.engine.scheduler_output import (
     ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput)
 from infernetes.runtime.engine.cuda_graphs import DecodeGraphs
+from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
 from infernetes.runtime.engine.varlen_metadata import triton_metadata
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
+from infernetes.runtime.layers.cpu_matmul import CPU_KERNEL_MAX_ROWS
 from infernetes.runtime.layers.logprobs import token_logprobs
 from infernetes.runtime.layers.sampler import SamplingRow, sample
 from infernetes.runtime.config import LoRAConfig
@@ -27,6 +29,7 @@ from infernetes.runtime.loader import initialize_dummy_weights, load_weights
 from infernetes.runtime.lora.manager import LoRAManager
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.models import model_class
+from infernetes.runtime.parallel.state import get_tp_group
 from infernetes.runtime.request import LoRARequest
 
 logger = logging.getLogger(__name__)
@@ -53,13 +56,11 @@ class ModelRunner:
             self.checkpoint_bytes_read = load_weights(self.model, folder)
         self.model.eval()
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.use_triton = kernel_backend == "triton" or (kernel_backend == "auto"
-                                                         and device.type == "cuda")
-        if self.use_triton:
-            _check_triton()
-            for module in self.model.modules():
-                if hasattr(module, "use_triton"):
-                    module.use_triton = True
+        # "torch", "triton" or "cpu"; every layer with a `kernels` attribute follows it.
+        self.kernels = resolve_kernel_backend(kernel_backend, device)
+        for module in self.model.modules():
+            if hasattr(module, "kernels"):
+                module.kernels = self.kernels
         self.attention_layers = self.model.attention_layers()
         self.sliding_window = arch.sliding_window
         self._generators: dict[str, torch.Generator] = {}
@@ -68,6 +69,10 @@ class ModelRunner:
         self.lora = None if lora is None else LoRAManager(
             self.model, arch, lora.max_loras, lora.max_lora_rank,
             lora.max_cpu_loras or lora.max_loras, dtype, device, self.use_triton)
+
+    @property
+    def use_triton(self) -> bool:
+        return self.kernels == "triton"
 
     # -- KV cache ---------------------------------------------------------------------------
 
@@ -171,6 +176,7 @@ class ModelRunner:
         if self.lora is not None:
             self.lora.pinned = scheduler_output.lora_ids_in_flight
             self.lora.activate([(s.lora_request, len(s.token_ids)) for s in items])
+        meta.fused_decode = self._fuses_decode(items, meta)
         hidden = None
         if self.decode_graphs is not None and not meta.prefills:
             hidden = self.decode_graphs.run(input_ids, positions, meta)
@@ -217,6 +223,13 @@ class ModelRunner:
                 out[item.request_id] = scored
             token_start += len(item.token_ids)
         return out
+
+    def _fuses_decode(self, items: list[ScheduledRequest], meta: AttentionMetadata) -> bool:
+        """Whether each layer runs in one call of the C kernels: a few decodes, no prefill,
+        no adapter, one rank (the fused layer has no LoRA and no all-reduce inside)."""
+        return (self.kernels == "cpu" and not meta.prefills
+                and len(items) <= CPU_KERNEL_MAX_ROWS and get_tp_group().size == 1
+                and all(item.lora_request is None for item in items))
 
     def _generator(self, item: ScheduledRequest) -> torch.Generator | None:
         seed = item.sampling_params.seed
@@ -274,10 +287,11 @@ class ModelRunner:
                                           [c for _, _, c, _ in chunks],
                                           [n for _, n, _, _ in chunks], self.device)
             return meta
+        torch_kernels = self.kernels == "torch"
         meta = AttentionMetadata(
             slot_mapping=slot_mapping,
             kv_store_index=kv_store_index(slot_mapping, self.attention_layers[0].num_kv_heads,
-                                          self.block_size),
+                                          self.block_size) if torch_kernels else None,
             num_decode_tokens=len(decode_tables),
             prefills=[PrefillChunk(s, n, c, torch.tensor(blocks, dtype=torch.long,
                                                           device=self.device))
@@ -287,8 +301,11 @@ class ModelRunner:
             meta.decode_block_tables = torch.tensor(
                 [t + [0] * (width - len(t)) for t in decode_tables], dtype=torch.long,
                 device=self.device)
-            meta.decode_key_mask = decode_key_mask(decode_lens, width * self.block_size,
-                                                   self.sliding_window).to(self.device)
+            if torch_kernels:
+                meta.decode_key_mask = decode_key_mask(decode_lens, width * self.block_size,
+                                                       self.sliding_window).to(self.device)
+            else:
+                meta.decode_seq_lens = torch.tensor(decode_lens, dtype=torch.long)
         return meta
 
 
@@ -301,11 +318,3 @@ def _batch_order(item: ScheduledRequest) -> tuple[bool, int]:
 def _is_decode(item: ScheduledRequest) -> bool:
     return len(item.token_ids) == 1 and item.start_position > 0
 
-
-def _check_triton() -> None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        from infernetes.runtime.config import ConfigError
-        raise ConfigError("the Triton kernels need the `triton` package (CUDA builds of "
-                          "torch include it); on CPU use the torch kernels") from None

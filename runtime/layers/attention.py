@@ -2,7 +2,8 @@
 
 The model runner orders a batch's tokens as: all decode tokens (one per sequence) first, then
 each prefill chunk in turn. `AttentionMetadata` describes that layout once per step; every
-layer reads it and its own KV cache. Backends (torch here; Triton on GPU) implement `forward`.
+layer reads it and its own KV cache. Backends: torch here, our C
+kernels for decoding on CPU, Triton on GPU.
 """
 from __future__ import annotations
 
@@ -28,13 +29,18 @@ class PrefillChunk:
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] (int64): where each token's K/V is written
-    # The same slots as cache rows (kernels.kv_store_index), for the torch path; the Triton KV
-    # store reads slot_mapping itself.
-    kv_store_index: torch.Tensor
+    # The same slots as cache rows (kernels.kv_store_index), for the torch path (None on the
+    # others, whose KV stores read slot_mapping itself).
+    kv_store_index: torch.Tensor | None
     num_decode_tokens: int
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] (int64)
-    decode_key_mask: torch.Tensor | None = None  # [num_decodes, max_blocks * block_size]
+    # torch path: [num_decodes, max_blocks * block_size] additive float32
+    decode_key_mask: torch.Tensor | None = None
+    decode_seq_lens: torch.Tensor | None = None  # C path: [num_decodes] int64, keys incl. new
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # All decodes, a few, no adapters, one rank: each layer in one call of the C kernels
+    # (LlamaDecoderLayer.forward_fused), on the "cpu" kernel backend.
+    fused_decode: bool = False
     # The same batch for the Triton kernels (set when the runner uses them; varlen_metadata.py).
     triton: TritonAttentionMetadata | None = None
 
@@ -59,25 +65,41 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window
         # Bound by the model runner once the cache is allocated: (key_cache, value_cache).
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.use_triton = False  # set by the model runner (kernel_backend)
+        self.kernels = "torch"  # set by the model runner (kernel_backend.py)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]."""
-        if self.use_triton:
+        if self.kernels == "triton":
             from infernetes.runtime.layers.attention_triton import triton_attention
             return triton_attention(self, q, k, v, meta)
         key_cache, value_cache = self.kv_cache
-        store_kv_cache(k, v, key_cache, value_cache, meta.kv_store_index)
         num_decode = meta.num_decode_tokens
+        if self.kernels == "cpu":
+            from infernetes.kernels.cpu.decode_attention import paged_decode_attention as decode
+            from infernetes.kernels.cpu.kv_store import store_kv_cache as store
+            store(k, v, key_cache, value_cache, meta.slot_mapping)
+            if not num_decode:
+                return self._prefill_attention(q, k, v, meta, torch.empty_like(q))
+            decoded = decode(q[:num_decode], key_cache, value_cache, meta.decode_block_tables,
+                             meta.decode_seq_lens, self.scale, self.sliding_window)
+        else:
+            store_kv_cache(k, v, key_cache, value_cache, meta.kv_store_index)
+            if not num_decode:
+                return self._prefill_attention(q, k, v, meta, torch.empty_like(q))
+            decoded = paged_decode_attention(q[:num_decode], key_cache, value_cache,
+                                             meta.decode_block_tables, meta.decode_key_mask,
+                                             self.scale)
         if not meta.prefills:
-            return paged_decode_attention(q, key_cache, value_cache, meta.decode_block_tables,
-                                          meta.decode_key_mask, self.scale)
+            return decoded
         out = torch.empty_like(q)
-        if num_decode:
-            out[:num_decode] = paged_decode_attention(
-                q[:num_decode], key_cache, value_cache, meta.decode_block_tables,
-                meta.decode_key_mask, self.scale)
+        out[:num_decode] = decoded
+        return self._prefill_attention(q, k, v, meta, out)
+
+    def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           meta: AttentionMetadata, out: torch.Tensor) -> torch.Tensor:
+        """Each prefill chunk's rows of `out`, in torch (the CPU paths share it)."""
+        key_cache, value_cache = self.kv_cache
         for chunk in meta.prefills:
             end = chunk.token_start + chunk.num_tokens
             if chunk.context_len == 0:

@@ -8,6 +8,10 @@ Measured on a 2-core AVX2 machine (no AVX-512 BF16, no AMX), a [576 x 3072] weig
 So weights stay in half precision, single rows use them directly, and batches of rows multiply
 in fp32 through one reused conversion buffer (reused, because a fresh 7 MB allocation costs
 more in page faults than the product itself). CPUs with native bf16 GEMM take the plain path.
+
+With the C kernels (kernel backend "cpu"), up to `CPU_KERNEL_MAX_ROWS` rows go to
+kernels/cpu/linear.py instead, in every dtype: it streams the weights at memory bandwidth,
+where torch's single-row product reached about half of it here.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 MIN_UPCAST_ROWS = 4
+CPU_KERNEL_MAX_ROWS = 8
 
 
 @functools.cache
@@ -51,9 +56,17 @@ class _ConversionBuffer:
 _conversion = _ConversionBuffer()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-           ) -> torch.Tensor:
-    """F.linear, in fp32 when `should_upcast(x)`; the result keeps x's dtype."""
+def uses_cpu_kernel(x: torch.Tensor, kernels: str) -> bool:
+    return kernels == "cpu" and x.dim() == 2 and x.shape[0] <= CPU_KERNEL_MAX_ROWS
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           kernels: str = "torch") -> torch.Tensor:
+    """F.linear: by the C kernel for a few rows when `kernels` is "cpu", else in fp32 when
+    `should_upcast(x)`; the result keeps x's dtype."""
+    if uses_cpu_kernel(x, kernels):
+        from infernetes.kernels.cpu.linear import linear as linear_cpu
+        return linear_cpu(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
     if not should_upcast(x):
         return F.linear(x, weight, bias)
     out = F.linear(x.float(), _conversion.convert(weight),

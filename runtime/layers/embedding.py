@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infernetes.runtime.layers.cpu_matmul import should_upcast
+from infernetes.runtime.layers.cpu_matmul import linear, should_upcast, uses_cpu_kernel
 from infernetes.runtime.parallel.state import get_tp_group
 
 
@@ -48,6 +48,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     """
 
     _weight_fp32: torch.Tensor | None = None
+    kernels = "torch"  # set by the model runner (kernel_backend.py)
 
     def tie(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
@@ -55,7 +56,9 @@ class ParallelLMHead(VocabParallelEmbedding):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Logits [..., vocab_size]; with tensor parallelism on rank 0 only (None elsewhere):
         each rank computes its slice of the vocabulary, rank 0 gathers them."""
-        if should_upcast(hidden_states):
+        if uses_cpu_kernel(hidden_states, self.kernels):
+            logits = linear(hidden_states, self.weight, kernels=self.kernels)
+        elif should_upcast(hidden_states):
             if self._weight_fp32 is None:
                 self._weight_fp32 = self.weight.float()
             logits = F.linear(hidden_states.float(), self._weight_fp32)

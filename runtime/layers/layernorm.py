@@ -11,12 +11,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)
-        self.use_triton = False  # set by the model runner (kernel_backend)
+        self.kernels = "torch"  # set by the model runner (kernel_backend.py)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Without residual: norm(x). With it: (norm(x + residual), x + residual)."""
-        if self.use_triton:
+        if self.kernels == "triton":
             from infernetes.kernels.triton.rms_norm import rms_norm
             return rms_norm(x, self.weight, self.eps, residual)
         if residual is not None:

@@ -29,13 +29,14 @@ class LinearBase(nn.Module):
         self.weight = _param(output_size, input_size, dtype=dtype, loader=self.weight_loader)
         self.bias = _param(output_size, dtype=dtype, loader=self.weight_loader) if bias else None
         self.lora = None  # a LoRALayerState when adapters are enabled (runtime/lora/manager.py)
+        self.kernels = "torch"  # set by the model runner (kernel_backend.py)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
                       shard_id: int | str | None = None) -> None:
         _copy(param.data, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = linear(x, self.weight, self.bias)
+        out = linear(x, self.weight, self.bias, self.kernels)
         if self.lora is not None:
             self.lora.apply(x, out)
         return out
@@ -116,7 +117,7 @@ class RowParallelLinear(LinearBase):
         # Each rank's partial sum, with its share of the LoRA update (A is split like the
         # weight, by input features: the shrink over this rank's features times B is this
         # rank's part of the delta), summed over ranks; the bias is added once, after.
-        out = linear(x, self.weight)
+        out = linear(x, self.weight, kernels=self.kernels)
         if self.lora is not None:
             self.lora.apply(x, out)
         out = self.tp.all_reduce(out)

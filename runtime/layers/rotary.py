@@ -39,11 +39,11 @@ class RotaryEmbedding(nn.Module):
         # cos_sin: [max_position, head_dim] = cos | sin halves.
         self.register_buffer("cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1),
                              persistent=False)
-        self.use_triton = False  # set by the model runner (kernel_backend)
+        self.kernels = "torch"  # set by the model runner (kernel_backend.py)
 
     def for_positions(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeAtPositions:
         """What rotates this step's queries and keys, computed once, shared by every layer."""
-        if self.use_triton:
+        if self.kernels == "triton":
             return RopeAtPositions(positions=positions, cos_sin=self.cos_sin)
         cos, sin = self.cos_sin_at(positions, dtype)
         return RopeAtPositions(cos=cos, sin=sin)

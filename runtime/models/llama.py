@@ -55,11 +55,11 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size],
                                                        config.mlp_bias, dtype)
         self.down_proj = RowParallelLinear(size, config.hidden_size, config.mlp_bias, dtype)
-        self.use_triton = False  # set by the model runner (kernel_backend)
+        self.kernels = "torch"  # set by the model runner (kernel_backend.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
-        if self.use_triton:
+        if self.kernels == "triton":
             from infernetes.kernels.triton.activation import silu_and_mul as silu_and_mul_triton
             return self.down_proj(silu_and_mul_triton(gate_up))
         return self.down_proj(silu_and_mul(gate_up))
@@ -72,6 +72,31 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward_fused(self, batch, hidden, residual):
+        """The same layer for an all-decode batch, in one call of the C kernels
+        (kernels/cpu/decoder_layer.py); `batch` from `decode_batch`."""
+        from infernetes.kernels.cpu.decoder_layer import decoder_layer
+        return decoder_layer(self._fused_weights(), batch, hidden, residual)
+
+    def _fused_weights(self):
+        """The C view of this layer's parameters and cache, rebuilt when the cache moves."""
+        key_cache, value_cache = self.self_attn.attn.kv_cache
+        weights = getattr(self, "_fused", None)
+        if weights is None or weights.key_cache != key_cache.data_ptr():
+            from infernetes.kernels.cpu.decoder_layer import decoder_layer_weights
+            attention, mlp = self.self_attn, self.mlp
+            weights = self._fused = decoder_layer_weights(
+                input_norm=self.input_layernorm.weight,
+                post_norm=self.post_attention_layernorm.weight,
+                qkv_weight=attention.qkv_proj.weight, qkv_bias=attention.qkv_proj.bias,
+                o_weight=attention.o_proj.weight, o_bias=attention.o_proj.bias,
+                gate_up_weight=mlp.gate_up_proj.weight, gate_up_bias=mlp.gate_up_proj.bias,
+                down_weight=mlp.down_proj.weight, down_bias=mlp.down_proj.bias,
+                key_cache=key_cache, value_cache=value_cache, num_heads=attention.num_heads,
+                eps=self.input_layernorm.eps, scale=attention.attn.scale,
+                sliding_window=attention.attn.sliding_window)
+        return weights
 
     def forward(self, rope, hidden, residual, meta):
         if residual is None:
@@ -95,10 +120,17 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
-        rope = self.rotary.for_positions(positions, hidden.dtype)
         residual = None
-        for layer in self.layers:
-            hidden, residual = layer(rope, hidden, residual, meta)
+        if meta.fused_decode:
+            from infernetes.kernels.cpu.decoder_layer import decode_batch
+            batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
+                                 meta.decode_seq_lens, self.rotary.cos_sin)
+            for layer in self.layers:
+                hidden, residual = layer.forward_fused(batch, hidden, residual)
+        else:
+            rope = self.rotary.for_positions(positions, hidden.dtype)
+            for layer in self.layers:
+                hidden, residual = layer(rope, hidden, residual, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

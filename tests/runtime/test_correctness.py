@@ -1,5 +1,6 @@
 """Greedy outputs equal transformers' token for token, for each architecture, in every batch
-situation the scheduler creates: mixed lengths, chunked prefill, prefix hits, preemption."""
+situation the scheduler creates: mixed lengths, chunked prefill, prefix hits, preemption; on
+the C kernels (fused decode layers included) and on plain torch ops."""
 from __future__ import annotations
 
 import random
@@ -8,9 +9,11 @@ import pytest
 
 from hf_reference import hf_greedy
 from infernetes import LLM, SamplingParams
+from infernetes.runtime.models.llama import LlamaDecoderLayer
 
 MAX_NEW = 20
 ARCHITECTURES = ["llama", "mistral", "qwen2"]
+KERNELS = ["cpu", "torch"]
 
 
 def _prompts(seed: int, lengths: list[int], prefix: list[int] = ()) -> list[list[int]]:
@@ -23,8 +26,11 @@ def _greedy(llm: LLM, prompts: list[list[int]], max_tokens: int = MAX_NEW):
     return llm.generate([{"prompt_token_ids": p} for p in prompts], params)
 
 
-def _llm(folder: str, **kwargs) -> LLM:
-    return LLM(folder, dtype="float32", skip_tokenizer_init=True, **kwargs)
+def _llm(folder: str, kernels: str, **kwargs) -> LLM:
+    llm = LLM(folder, dtype="float32", skip_tokenizer_init=True, kernel_backend=kernels,
+              **kwargs)
+    assert llm.engine.runner.kernels == kernels
+    return llm
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +43,36 @@ def reference(tiny_models):
             for name in ARCHITECTURES}
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_mixed_lengths_in_one_batch(tiny_models, reference, name):
+def test_mixed_lengths_in_one_batch(tiny_models, reference, name, kernels, monkeypatch):
+    fused_calls = []
+    forward_fused = LlamaDecoderLayer.forward_fused
+    monkeypatch.setattr(LlamaDecoderLayer, "forward_fused",
+                        lambda *args: fused_calls.append(1) or forward_fused(*args))
     prompts, expected, _, _ = reference[name]
-    outputs = _greedy(_llm(tiny_models[name]), prompts)
+    outputs = _greedy(_llm(tiny_models[name], kernels), prompts)
     assert [o.outputs[0].token_ids for o in outputs] == expected
     assert all(o.outputs[0].finish_reason == "length" for o in outputs)
+    # 7 sequences decode together: on the C kernels, each layer in one call
+    assert bool(fused_calls) == (kernels == "cpu")
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", ARCHITECTURES)
 @pytest.mark.parametrize("budget", [7, 13])
-def test_chunked_prefill_at_odd_boundaries(tiny_models, reference, name, budget):
+def test_chunked_prefill_at_odd_boundaries(tiny_models, reference, name, budget, kernels):
     prompts, expected, _, _ = reference[name]
-    llm = _llm(tiny_models[name], max_num_batched_tokens=budget, enable_prefix_caching=False)
+    llm = _llm(tiny_models[name], kernels, max_num_batched_tokens=budget,
+               enable_prefix_caching=False)
     assert [o.outputs[0].token_ids for o in _greedy(llm, prompts)] == expected
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_prefix_cache_hits(tiny_models, reference, name):
+def test_prefix_cache_hits(tiny_models, reference, name, kernels):
     _, _, shared, expected = reference[name]
-    llm = _llm(tiny_models[name], block_size=8)
+    llm = _llm(tiny_models[name], kernels, block_size=8)
     first = _greedy(llm, shared[:1])
     rest = _greedy(llm, shared[1:])
     assert [o.outputs[0].token_ids for o in first + rest] == expected
@@ -66,19 +82,22 @@ def test_prefix_cache_hits(tiny_models, reference, name):
     assert stats.hits >= 64 and stats.queries > stats.hits
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_forced_preemption_with_tiny_kv_cache(tiny_models, reference, name):
+def test_forced_preemption_with_tiny_kv_cache(tiny_models, reference, name, kernels):
     prompts, expected, _, _ = reference[name]
     # 20 blocks of 4 tokens: enough for the longest request alone (65 tokens), not for all.
-    llm = _llm(tiny_models[name], block_size=4, num_gpu_blocks_override=20, max_model_len=80)
+    llm = _llm(tiny_models[name], kernels, block_size=4, num_gpu_blocks_override=20,
+               max_model_len=80)
     outputs = _greedy(llm, prompts)
     assert [o.outputs[0].token_ids for o in outputs] == expected
     assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.kv_cache_manager.num_free_blocks == 20
 
 
-def test_same_prompt_twice_in_one_batch_shares_blocks(tiny_models, reference):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_same_prompt_twice_in_one_batch_shares_blocks(tiny_models, reference, kernels):
     prompts, expected, _, _ = reference["llama"]
-    llm = _llm(tiny_models["llama"], block_size=4)
+    llm = _llm(tiny_models["llama"], kernels, block_size=4)
     outputs = _greedy(llm, [prompts[-1], prompts[-1]])
     assert [o.outputs[0].token_ids for o in outputs] == [expected[-1]] * 2

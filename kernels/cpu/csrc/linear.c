@@ -1,0 +1,126 @@
+/* y = x @ w.T (+ bias) for a few rows of x: the matrix-vector products of decoding.
+ *
+ * Decoding reads every weight once per step and does two flops per weight per row of x, so for
+ * a few rows the product is bound by memory bandwidth. The kernel streams the weights once, in
+ * their own precision (bf16/fp16: half the bytes of fp32), widens 8 elements at a time to fp32
+ * in registers and accumulates with FMA against up to 4 rows of x at once (more rows re-read
+ * the weight row from L1). Rows of x are widened to fp32 once per call and stay in L1.
+ *
+ * Weights are read row after row, one sequential stream per thread: the hardware prefetcher
+ * follows that at full bandwidth, while four interleaved row streams got half of it, and
+ * software prefetches did not help (2-core AMD EPYC, AVX2). Threads split the output rows.
+ */
+#include <stdlib.h>
+#include <omp.h>
+
+#include "common.h"
+#include "kernels.h"
+
+#define MAX_ROWS_X 4 /* rows of x accumulated against one pass over a weight row */
+
+#ifdef IFN_AVX2
+/* out[i] = dot(wr[0:k], xf[i*k : i*k + k]) for i < MB, with CH FMA chains per row of x: at
+ * least 4 chains in all, or the FMA latency (not memory) bounds a single row. */
+#define IFN_DEFINE_ROW_DOT(NAME, WT, LOAD8, LOAD1, MB, CH)                                  \
+    static void NAME(const WT *wr, int64_t k, const float *xf, float *out) {                \
+        __m256 a[MB][CH];                                                                   \
+        for (int i = 0; i < MB; i++)                                                        \
+            for (int c = 0; c < CH; c++) a[i][c] = _mm256_setzero_ps();                     \
+        int64_t j = 0;                                                                      \
+        for (; j + 8 * CH <= k; j += 8 * CH) {                                              \
+            __m256 wv[CH];                                                                  \
+            for (int c = 0; c < CH; c++) wv[c] = LOAD8(wr + j + 8 * c);                     \
+            for (int i = 0; i < MB; i++)                                                    \
+                for (int c = 0; c < CH; c++)                                                \
+                    a[i][c] = _mm256_fmadd_ps(wv[c], _mm256_loadu_ps(xf + i * k + j + 8 * c), \
+                                              a[i][c]);                                     \
+        }                                                                                   \
+        for (; j + 8 <= k; j += 8) {                                                        \
+            __m256 w0 = LOAD8(wr + j);                                                      \
+            for (int i = 0; i < MB; i++)                                                    \
+                a[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + i * k + j), a[i][0]);    \
+        }                                                                                   \
+        for (int i = 0; i < MB; i++) {                                                      \
+            for (int c = 1; c < CH; c++) a[i][0] = _mm256_add_ps(a[i][0], a[i][c]);         \
+            out[i] = ifn_hsum8(a[i][0]);                                                    \
+        }                                                                                   \
+        for (; j < k; j++)                                                                  \
+            for (int i = 0; i < MB; i++) out[i] += LOAD1(wr[j]) * xf[i * k + j];            \
+    }
+#define LOAD8_F32(p) _mm256_loadu_ps(p)
+#else
+#define IFN_DEFINE_ROW_DOT(NAME, WT, LOAD8, LOAD1, MB, CH)                                  \
+    static void NAME(const WT *wr, int64_t k, const float *xf, float *out) {                \
+        for (int i = 0; i < MB; i++) {                                                      \
+            float s = 0.0f;                                                                 \
+            for (int64_t j = 0; j < k; j++) s += LOAD1(wr[j]) * xf[i * k + j];              \
+            out[i] = s;                                                                     \
+        }                                                                                   \
+    }
+#endif
+#define LOAD1_F32(v) (v)
+
+#define IFN_DEFINE_ROW_DOTS(SUFFIX, WT, LOAD8, LOAD1)                                       \
+    IFN_DEFINE_ROW_DOT(row_dot1_##SUFFIX, WT, LOAD8, LOAD1, 1, 4)                            \
+    IFN_DEFINE_ROW_DOT(row_dot2_##SUFFIX, WT, LOAD8, LOAD1, 2, 2)                            \
+    IFN_DEFINE_ROW_DOT(row_dot3_##SUFFIX, WT, LOAD8, LOAD1, 3, 2)                            \
+    IFN_DEFINE_ROW_DOT(row_dot4_##SUFFIX, WT, LOAD8, LOAD1, 4, 1)                            \
+    static void row_dot_##SUFFIX(const WT *wr, int64_t k, const float *xf, int mb,          \
+                                 float *out) {                                              \
+        switch (mb) {                                                                       \
+        case 1: row_dot1_##SUFFIX(wr, k, xf, out); break;                                   \
+        case 2: row_dot2_##SUFFIX(wr, k, xf, out); break;                                   \
+        case 3: row_dot3_##SUFFIX(wr, k, xf, out); break;                                   \
+        default: row_dot4_##SUFFIX(wr, k, xf, out);                                         \
+        }                                                                                   \
+    }
+
+IFN_DEFINE_ROW_DOTS(f32, float, LOAD8_F32, LOAD1_F32)
+IFN_DEFINE_ROW_DOTS(bf16, uint16_t, ifn_load8_bf16, ifn_bf16_to_f32)
+IFN_DEFINE_ROW_DOTS(f16, uint16_t, ifn_load8_f16, ifn_f16_to_f32)
+
+/* out[i] = dot(weight row `row`, row i of xf) for the mb rows of xf. */
+static void row_dot(const void *w, int64_t row, int64_t k, const float *xf, int mb, float *out,
+                    int dtype) {
+    switch (dtype) {
+    case IFN_BF16: row_dot_bf16((const uint16_t *)w + row * k, k, xf, mb, out); break;
+    case IFN_F16: row_dot_f16((const uint16_t *)w + row * k, k, xf, mb, out); break;
+    default: row_dot_f32((const float *)w + row * k, k, xf, mb, out);
+    }
+}
+
+void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const void *bias,
+                     void *y, int64_t y_stride, int y_dtype, int64_t first, int64_t last,
+                     int dtype) {
+    for (int64_t row = first; row < last; row++) {
+        float bias_row = bias ? ifn_load(bias, row, dtype) : 0.0f;
+        for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS_X) {
+            int mb = m - i0 < MAX_ROWS_X ? (int)(m - i0) : MAX_ROWS_X;
+            float out[MAX_ROWS_X];
+            row_dot(w, row, k, xf + i0 * k, mb, out, dtype);
+            for (int i = 0; i < mb; i++)
+                ifn_store(y, (i0 + i) * y_stride + row, ifn_round(out[i] + bias_row, dtype),
+                          y_dtype);
+        }
+    }
+}
+
+/* x: [m, k] with row stride x_stride (elements); w: [n, k] contiguous; bias: [n] or NULL;
+ * y: [m, n] with row stride y_stride. All of one element type `dtype`. The bias is added in
+ * fp32 before the one rounding. Returns 0, or -1 when out of memory. */
+int ifn_linear(const void *x, int64_t x_stride, const void *w, const void *bias, void *y,
+               int64_t y_stride, int64_t m, int64_t n, int64_t k, int dtype, int num_threads) {
+    float *xf = malloc((size_t)(m * k > 0 ? m * k : 1) * sizeof(float));
+    if (xf == NULL) return -1;
+    for (int64_t i = 0; i < m; i++) ifn_widen((const char *)x + (size_t)(i * x_stride) *
+                                              ifn_elem_size(dtype), xf + i * k, k, dtype);
+    if (n * k < 65536) num_threads = 1; /* waking a thread costs more than the product */
+#pragma omp parallel num_threads(num_threads)
+    {
+        int64_t first, last;
+        ifn_thread_range(n, omp_get_thread_num(), omp_get_num_threads(), &first, &last);
+        ifn_linear_rows(xf, m, k, w, bias, y, y_stride, dtype, first, last, dtype);
+    }
+    free(xf);
+    return 0;
+}

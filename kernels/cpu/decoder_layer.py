@@ -1,0 +1,139 @@
+"""One Llama decoder layer for a batch of decode tokens in one call (csrc/decoder_layer.c): the
+CPU counterpart of a captured CUDA graph, for batches of a few sequences without adapters.
+
+`DecoderLayerWeights` points at one layer's parameters and KV cache (built once, after the
+cache is allocated; parameters never move after loading); `DecodeBatch` at one step's
+positions and block tables (built once per step, shared by every layer). The reference is
+runtime/models/llama.py's LlamaDecoderLayer.forward on the torch kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from infernetes.kernels.cpu.launch import dtype_code, num_threads
+from infernetes.kernels.cpu.library import library
+
+_P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+class DecoderLayerWeights(ctypes.Structure):
+    _fields_ = [("hidden", _I64), ("num_heads", _I64), ("num_kv_heads", _I64),
+                ("head_dim", _I64), ("intermediate", _I64), ("block_size", _I64),
+                ("sliding_window", _I64), ("eps", _F32), ("scale", _F32),
+                ("input_norm", _P), ("post_norm", _P), ("qkv_weight", _P), ("qkv_bias", _P),
+                ("o_weight", _P), ("o_bias", _P), ("gate_up_weight", _P), ("gate_up_bias", _P),
+                ("down_weight", _P), ("down_bias", _P), ("key_cache", _P), ("value_cache", _P)]
+
+
+class DecodeBatch(ctypes.Structure):
+    _fields_ = [("num_tokens", _I64), ("max_blocks", _I64), ("positions", _P),
+                ("slot_mapping", _P), ("block_tables", _P), ("seq_lens", _P), ("cos_sin", _P)]
+
+
+def decoder_layer_weights(*, input_norm: torch.Tensor, post_norm: torch.Tensor,
+                          qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None,
+                          o_weight: torch.Tensor, o_bias: torch.Tensor | None,
+                          gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None,
+                          down_weight: torch.Tensor, down_bias: torch.Tensor | None,
+                          key_cache: torch.Tensor, value_cache: torch.Tensor, num_heads: int,
+                          eps: float, scale: float, sliding_window: int | None
+                          ) -> DecoderLayerWeights:
+    """Shapes (one dtype, contiguous): norms [hidden]; qkv_weight [(num_heads + 2 *
+    num_kv_heads) * head_dim, hidden]; o_weight [hidden, num_heads * head_dim]; gate_up_weight
+    [2 * intermediate, hidden]; down_weight [hidden, intermediate]; biases [rows] or None;
+    caches [num_blocks, num_kv_heads, block_size, head_dim]."""
+    _, num_kv_heads, block_size, head_dim = key_cache.shape
+    hidden = input_norm.shape[0]
+    intermediate = down_weight.shape[1]
+    expected = {
+        "input_norm": (input_norm, (hidden,)), "post_norm": (post_norm, (hidden,)),
+        "qkv_weight": (qkv_weight, ((num_heads + 2 * num_kv_heads) * head_dim, hidden)),
+        "o_weight": (o_weight, (hidden, num_heads * head_dim)),
+        "gate_up_weight": (gate_up_weight, (2 * intermediate, hidden)),
+        "down_weight": (down_weight, (hidden, intermediate)),
+        "value_cache": (value_cache, tuple(key_cache.shape)),
+        "qkv_bias": (qkv_bias, (qkv_weight.shape[0],)), "o_bias": (o_bias, (hidden,)),
+        "gate_up_bias": (gate_up_bias, (2 * intermediate,)), "down_bias": (down_bias, (hidden,)),
+    }
+    dtype_code("key_cache", key_cache)
+    for name, (tensor, shape) in expected.items():
+        if tensor is None:
+            continue
+        if tuple(tensor.shape) != shape or tensor.dtype != key_cache.dtype \
+                or not tensor.is_contiguous() or tensor.device.type != "cpu":
+            raise ValueError(f"{name}: expected a contiguous CPU {key_cache.dtype} tensor of "
+                             f"shape {shape}, got {tensor.dtype} {tuple(tensor.shape)}")
+    if num_heads % num_kv_heads or head_dim % 2:
+        raise ValueError(f"{num_heads} heads over {num_kv_heads} KV heads of width {head_dim}: "
+                         f"heads must group evenly and head_dim be even")
+    if not key_cache.is_contiguous():
+        raise ValueError("key_cache: expected a contiguous tensor")
+
+    def pointer(tensor: torch.Tensor | None) -> int | None:
+        return None if tensor is None else tensor.data_ptr()
+
+    weights = DecoderLayerWeights(
+        hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size, sliding_window or 0,
+        eps, scale, pointer(input_norm), pointer(post_norm), pointer(qkv_weight),
+        pointer(qkv_bias), pointer(o_weight), pointer(o_bias), pointer(gate_up_weight),
+        pointer(gate_up_bias), pointer(down_weight), pointer(down_bias), pointer(key_cache),
+        pointer(value_cache))
+    weights.dtype = key_cache.dtype
+    weights.tensors = (key_cache, value_cache)  # kept alive with the pointers into them
+    return weights
+
+
+def decode_batch(positions: torch.Tensor, slot_mapping: torch.Tensor,
+                 block_tables: torch.Tensor, seq_lens: torch.Tensor, cos_sin: torch.Tensor
+                 ) -> DecodeBatch:
+    """positions, slot_mapping, seq_lens: [num_tokens] int64; block_tables: [num_tokens,
+    max_blocks] int64; cos_sin: [max_position, head_dim] float32; all contiguous. Every
+    position must be below max_position and every key's block in its table (the model runner
+    guarantees both)."""
+    num_tokens = positions.shape[0]
+    for name, tensor, shape in (("positions", positions, (num_tokens,)),
+                                ("slot_mapping", slot_mapping, (num_tokens,)),
+                                ("seq_lens", seq_lens, (num_tokens,)),
+                                ("block_tables", block_tables,
+                                 (num_tokens, block_tables.shape[-1]))):
+        if tuple(tensor.shape) != shape or tensor.dtype != torch.int64 \
+                or not tensor.is_contiguous():
+            raise ValueError(f"{name}: expected contiguous int64 {shape}, got {tensor.dtype} "
+                             f"{tuple(tensor.shape)}")
+    if cos_sin.dtype != torch.float32 or not cos_sin.is_contiguous() or cos_sin.dim() != 2:
+        raise ValueError("cos_sin: expected a contiguous float32 [max_position, head_dim]")
+    batch = DecodeBatch(num_tokens, block_tables.shape[1], positions.data_ptr(),
+                        slot_mapping.data_ptr(), block_tables.data_ptr(), seq_lens.data_ptr(),
+                        cos_sin.data_ptr())
+    batch.head_dim = cos_sin.shape[1]
+    batch.tensors = (positions, slot_mapping, block_tables, seq_lens, cos_sin)
+    return batch
+
+
+def decoder_layer(weights: DecoderLayerWeights, batch: DecodeBatch, hidden: torch.Tensor,
+                  residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden: [num_tokens, hidden]; residual: the same, or None in the first layer.
+    Returns (the layer's output, the new residual), as LlamaDecoderLayer.forward."""
+    code = dtype_code("hidden", hidden)
+    shape = (batch.num_tokens, weights.hidden)
+    if tuple(hidden.shape) != shape or hidden.dtype != weights.dtype \
+            or not hidden.is_contiguous():
+        raise ValueError(f"hidden: expected contiguous {weights.dtype} {shape}, got "
+                         f"{hidden.dtype} {tuple(hidden.shape)}")
+    if batch.head_dim != weights.head_dim:
+        raise ValueError(f"cos_sin: rows of {batch.head_dim}, heads of {weights.head_dim}")
+    first_layer = residual is None
+    if first_layer:
+        residual = torch.empty_like(hidden)
+    elif tuple(residual.shape) != shape or residual.dtype != hidden.dtype \
+            or not residual.is_contiguous():
+        raise ValueError(f"residual: expected contiguous {hidden.dtype} {shape}")
+    out = torch.empty_like(hidden)
+    status = library().ifn_decoder_layer(ctypes.addressof(weights), ctypes.addressof(batch),
+                                         hidden.data_ptr(), residual.data_ptr(), out.data_ptr(),
+                                         int(first_layer), code, num_threads())
+    if status != 0:
+        raise MemoryError("decoder_layer: out of memory for the activations")
+    return out, residual

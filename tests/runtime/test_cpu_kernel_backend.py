@@ -1,0 +1,105 @@
+"""The "cpu" kernel backend: decode steps in fused C decoder layers against the same model on
+torch ops, in half precision (float32 is compared with transformers in test_correctness.py);
+how the backend is chosen, and what the runner sends where."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from infernetes.runtime.config import ConfigError, EngineConfig
+from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
+from infernetes.runtime.engine.model_runner import ModelRunner
+from infernetes.runtime.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from infernetes.runtime.model_config import ModelArchConfig
+from infernetes.runtime.sampling_params import SamplingParams
+
+BLOCK_SIZE = 4
+# Context lengths of the sequences that decode together: one block, a partial block, the
+# sliding window of the tiny Mistral (24) crossed.
+CONTEXTS = [1, 6, 30]
+
+
+def _runner(folder: str, dtype: torch.dtype, kernels: str) -> ModelRunner:
+    arch = ModelArchConfig.from_folder(Path(folder))
+    runner = ModelRunner(arch, Path(folder), dtype, torch.device("cpu"), 128, BLOCK_SIZE,
+                         kernel_backend=kernels)
+    runner.allocate_kv_cache(64)
+    return runner
+
+
+def _requests(step: str) -> list[ScheduledRequest]:
+    """Each sequence's prompt ("prefill") or its next token after the prompt ("decode")."""
+    params = SamplingParams(max_tokens=4)
+    requests, next_block = [], 0
+    for i, length in enumerate(CONTEXTS):
+        prompt = [(7 * i + 3 * p) % 300 + 1 for p in range(length)]
+        blocks = list(range(next_block, next_block + length // BLOCK_SIZE + 1))
+        next_block = blocks[-1] + 1
+        if step == "prefill":
+            requests.append(ScheduledRequest(f"r{i}", prompt, 0, blocks, False, params, prompt,
+                                             []))
+        else:
+            requests.append(ScheduledRequest(f"r{i}", [5 + i], length, blocks, True, params,
+                                             prompt, [5 + i]))
+    return requests
+
+
+def _decode_hidden(runner: ModelRunner, fused: bool) -> torch.Tensor:
+    runner.execute_model(SchedulerOutput(_requests("prefill"), sum(CONTEXTS)))
+    input_ids, positions, meta, _ = runner._prepare(_requests("decode"))
+    meta.fused_decode = fused
+    with torch.inference_mode():
+        return runner.model(input_ids, positions, meta)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
+def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype):
+    torch_hidden = _decode_hidden(_runner(tiny_models[name], dtype, "torch"), fused=False)
+    runner = _runner(tiny_models[name], dtype, "cpu")
+    fused = _decode_hidden(runner, fused=True)
+    one_op_at_a_time = _decode_hidden(runner, fused=False)
+    scale = torch_hidden.abs().max().item()
+    # Two layers of half-precision roundings, summed in another order: a few ulps apart.
+    tolerance = dict(atol=0.03 * scale, rtol=0.03)
+    torch.testing.assert_close(fused, torch_hidden, **tolerance)
+    torch.testing.assert_close(one_op_at_a_time, torch_hidden, **tolerance)
+    torch.testing.assert_close(fused, one_op_at_a_time, **tolerance)
+
+
+def test_runner_fuses_only_plain_decode_batches(tiny_models):
+    runner = _runner(tiny_models["llama"], torch.float32, "cpu")
+    decode = _requests("decode")
+    _, _, meta, _ = runner._prepare(decode)
+    assert runner._fuses_decode(decode, meta)
+    prefill = _requests("prefill")
+    _, _, meta, _ = runner._prepare(prefill)
+    assert not runner._fuses_decode(prefill, meta)
+    many = [ScheduledRequest(f"m{i}", [1], 1, [0], True, SamplingParams(), [1], [1])
+            for i in range(9)]
+    _, _, meta, _ = runner._prepare(many)
+    assert not runner._fuses_decode(many, meta)  # more rows than the C products take
+
+
+def test_backend_choice():
+    cpu = torch.device("cpu")
+    assert resolve_kernel_backend("auto", cpu) == "cpu"  # this machine has AVX2 and gcc
+    assert resolve_kernel_backend("torch", cpu) == "torch"
+    with pytest.raises(ConfigError, match="--kernel-backend cpu runs on CPU devices"):
+        resolve_kernel_backend("cpu", torch.device("meta"))
+    with pytest.raises(ConfigError, match="--kernel-backend must be one of"):
+        EngineConfig(kernel_backend="avx")
+
+
+def test_without_a_compiler_auto_falls_back_and_cpu_says_why(monkeypatch, tmp_path, caplog):
+    from infernetes.kernels.cpu import library
+    monkeypatch.setattr(library, "_library", None)
+    monkeypatch.setenv("INFERNETES_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert resolve_kernel_backend("auto", torch.device("cpu")) == "torch"
+    assert "CPU kernels unavailable" in caplog.text
+    with pytest.raises(ConfigError, match="--kernel-backend cpu: no C compiler found"):
+        resolve_kernel_backend("cpu", torch.device("cpu"))
