@@ -89,8 +89,8 @@ def test_kv_store_equals_the_torch_store(dtype):
     assert torch.equal(caches[0], caches[2])
 
 
-def _filled_cache(seq_lens, dtype, generator):
-    shape = (NUM_BLOCKS, NUM_KV_HEADS, BLOCK_SIZE, HEAD_DIM)
+def _filled_cache(seq_lens, dtype, generator, head_dim=HEAD_DIM):
+    shape = (NUM_BLOCKS, NUM_KV_HEADS, BLOCK_SIZE, head_dim)
     key_cache, value_cache = _randn(*shape, dtype=dtype, generator=generator), \
         _randn(*shape, dtype=dtype, generator=generator)
     free = torch.randperm(NUM_BLOCKS, generator=generator).tolist()
@@ -102,12 +102,13 @@ def _filled_cache(seq_lens, dtype, generator):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("seq_lens", [[11], [1, 7, 13, 4, 22]])
-def test_decode_attention_matches_the_torch_path(dtype, window, seq_lens):
+@pytest.mark.parametrize("head_dim", [HEAD_DIM, 6])  # SIMD (a multiple of 8), and not
+def test_decode_attention_matches_the_torch_path(dtype, window, seq_lens, head_dim):
     gen = torch.Generator().manual_seed(len(seq_lens))
-    key_cache, value_cache, tables = _filled_cache(seq_lens, dtype, gen)
+    key_cache, value_cache, tables = _filled_cache(seq_lens, dtype, gen, head_dim)
     # queries as a slice of a projection row: strided over tokens
-    qkv = _randn(len(seq_lens), (NUM_HEADS + 4) * HEAD_DIM, dtype=dtype, generator=gen)
-    query = qkv[:, :NUM_HEADS * HEAD_DIM].view(len(seq_lens), NUM_HEADS, HEAD_DIM)
+    qkv = _randn(len(seq_lens), (NUM_HEADS + 4) * head_dim, dtype=dtype, generator=gen)
+    query = qkv[:, :NUM_HEADS * head_dim].view(len(seq_lens), NUM_HEADS, head_dim)
     out = paged_decode_attention(query, key_cache, value_cache, tables,
                                  torch.tensor(seq_lens), 0.2, window)
     mask = decode_key_mask(seq_lens, tables.shape[1] * BLOCK_SIZE, window)

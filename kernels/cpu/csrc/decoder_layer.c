@@ -45,10 +45,13 @@ int ifn_decoder_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
     for (int64_t b = 0; b < m; b++)
         longest = batch->seq_lens[b] > longest ? batch->seq_lens[b] : longest;
     if (num_threads < 1) num_threads = 1;
+    /* per thread, the attention's key offsets (int64, first for alignment) and scores */
+    size_t scratch = (size_t)num_threads * (size_t)longest;
     size_t floats = (size_t)(m * (4 * h + qkv_width + q_width + 3 * inter)) +
                     (size_t)num_threads * (size_t)(group * longest) + 1;
-    float *buffer = malloc(floats * sizeof(float));
-    if (buffer == NULL) return -1;
+    int64_t *rows = malloc(scratch * sizeof(int64_t) + floats * sizeof(float));
+    if (rows == NULL) return -1;
+    float *buffer = (float *)(rows + scratch);
     float *x = buffer, *sum = x + m * h, *normed = sum + m * h, *o = normed + m * h;
     float *qkv = o + m * h, *attn = qkv + m * qkv_width, *gate_up = attn + m * q_width;
     float *act = gate_up + m * 2 * inter, *scores = act + m * inter;
@@ -95,7 +98,8 @@ int ifn_decoder_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
             int64_t len = batch->seq_lens[t], window = layer->sliding_window;
             ifn_decode_attention_group(
                 qkv + t * qkv_width + kv * group * d, attn + t * q_width + kv * group * d,
-                scores + (size_t)thread * (size_t)(group * longest), group, layer->key_cache,
+                scores + (size_t)thread * (size_t)(group * longest),
+                rows + (size_t)thread * (size_t)longest, group, layer->key_cache,
                 layer->value_cache, batch->block_tables + t * batch->max_blocks,
                 window > 0 && len > window ? len - window : 0, len, kv, layer->num_kv_heads, d,
                 layer->block_size, layer->scale, dtype);
@@ -125,6 +129,6 @@ int ifn_decoder_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
         ifn_linear_rows(act, m, inter, layer->down_weight, layer->down_bias, out, h, dtype, first,
                         last, dtype);
     }
-    free(buffer);
+    free(rows);
     return 0;
 }

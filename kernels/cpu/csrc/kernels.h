@@ -26,9 +26,10 @@ void ifn_rotary_token(float *heads, int64_t num_heads, int64_t head_dim, const f
                       int dtype);
 
 /* Attention of the `group` query heads sharing one KV head over one sequence's keys
- * [first, len): q and out are [group, head_dim]; scores holds group * (len - first) floats. */
-void ifn_decode_attention_group(const float *q, float *out, float *scores, int64_t group,
-                                const void *key_cache, const void *value_cache,
+ * [first, len): q and out are [group, head_dim]; scratch: scores of group * (len - first)
+ * floats, rows of len - first int64. */
+void ifn_decode_attention_group(const float *q, float *out, float *scores, int64_t *rows,
+                                int64_t group, const void *key_cache, const void *value_cache,
                                 const int64_t *block_table, int64_t first, int64_t len,
                                 int64_t kv_head, int64_t num_kv_heads, int64_t head_dim,
                                 int64_t block_size, float scale, int dtype);
