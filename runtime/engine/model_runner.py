@@ -19,6 +19,7 @@ from infernetes.runtime.engine.scheduler_output import (
     ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput)
 from infernetes.runtime.engine.cuda_graphs import DecodeGraphs
 from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
+from infernetes.runtime.engine.weight_arena import place_in_huge_pages
 from infernetes.runtime.engine.varlen_metadata import triton_metadata
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
 from infernetes.runtime.layers.cpu_matmul import CPU_KERNEL_MAX_ROWS
@@ -49,6 +50,8 @@ class ModelRunner:
         self.max_model_len = max_model_len
         with torch.device(device):
             self.model = model_class(arch)(arch, dtype, max_model_len)
+        # On CPU, weights live in huge pages (weight_arena.py), placed before they are written.
+        self._weight_arena = place_in_huge_pages(self.model) if device.type == "cpu" else None
         self.checkpoint_bytes_read = 0  # what this rank read of the checkpoint
         if load_format == "dummy":
             initialize_dummy_weights(self.model, seed)

@@ -49,7 +49,10 @@ class _ConversionBuffer:
 
     def convert(self, weight: torch.Tensor) -> torch.Tensor:
         if self._buffer.numel() < weight.numel():
-            self._buffer = torch.empty(weight.numel(), dtype=torch.float32)
+            # A normal tensor even when first made inside inference mode (the engine's): an
+            # inference tensor could not be written outside it.
+            with torch.inference_mode(False):
+                self._buffer = torch.empty(weight.numel(), dtype=torch.float32)
         return self._buffer[:weight.numel()].view(weight.shape).copy_(weight)
 
 

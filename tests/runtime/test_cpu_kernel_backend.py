@@ -103,3 +103,12 @@ def test_without_a_compiler_auto_falls_back_and_cpu_says_why(monkeypatch, tmp_pa
     assert "CPU kernels unavailable" in caplog.text
     with pytest.raises(ConfigError, match="--kernel-backend cpu: no C compiler found"):
         resolve_kernel_backend("cpu", torch.device("cpu"))
+
+
+def test_a_failing_compiler_is_reported_with_its_command(monkeypatch, tmp_path):
+    from infernetes.kernels.cpu import library
+    monkeypatch.setattr(library, "_library", None)
+    monkeypatch.setenv("INFERNETES_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # exists, fails every compile
+    with pytest.raises(ConfigError, match="compiling the CPU kernels failed \\(false "):
+        resolve_kernel_backend("cpu", torch.device("cpu"))
