@@ -11,7 +11,9 @@ more in page faults than the product itself). CPUs with native bf16 GEMM take th
 
 With the C kernels (kernel backend "cpu"), up to `CPU_KERNEL_MAX_ROWS` rows go to
 kernels/cpu/linear.py instead, in every dtype: it streams the weights at memory bandwidth,
-where torch's single-row product reached about half of it here.
+where torch's single-row product reached about half of it here, and needs no conversion. Over
+SmolLM2's 30 layers in bf16 (medians of 7 alternating passes) it was faster than the path above
+by 1.2x at 1 row, 1.9x at 2, 3-6x at 4 to 12, 2.3x at 16, 1.0-1.4x at 32 and 0.76x at 64.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 MIN_UPCAST_ROWS = 4
-CPU_KERNEL_MAX_ROWS = 8
+CPU_KERNEL_MAX_ROWS = 16
 
 
 @functools.cache

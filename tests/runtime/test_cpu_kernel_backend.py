@@ -12,6 +12,7 @@ from infernetes.runtime.config import ConfigError, EngineConfig
 from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
 from infernetes.runtime.engine.model_runner import ModelRunner
 from infernetes.runtime.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from infernetes.runtime.layers.cpu_matmul import CPU_KERNEL_MAX_ROWS
 from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.sampling_params import SamplingParams
 
@@ -78,7 +79,7 @@ def test_runner_fuses_only_plain_decode_batches(tiny_models):
     _, _, meta, _ = runner._prepare(prefill)
     assert not runner._fuses_decode(prefill, meta)
     many = [ScheduledRequest(f"m{i}", [1], 1, [0], True, SamplingParams(), [1], [1])
-            for i in range(9)]
+            for i in range(CPU_KERNEL_MAX_ROWS + 1)]
     _, _, meta, _ = runner._prepare(many)
     assert not runner._fuses_decode(many, meta)  # more rows than the C products take
 
