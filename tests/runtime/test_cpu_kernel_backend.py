@@ -113,3 +113,16 @@ def test_a_failing_compiler_is_reported_with_its_command(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # exists, fails every compile
     with pytest.raises(ConfigError, match="compiling the CPU kernels failed \\(false "):
         resolve_kernel_backend("cpu", torch.device("cpu"))
+
+
+def test_the_cli_flag_reaches_the_engine_config():
+    import argparse
+
+    from infernetes.runtime.cli_args import add_engine_args, engine_config_from_args
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    assert engine_config_from_args(parser.parse_args([]), None).kernel_backend == "auto"
+    args = parser.parse_args(["--kernel-backend", "torch"])
+    assert engine_config_from_args(args, None).kernel_backend == "torch"
+    with pytest.raises(SystemExit):  # argparse names the flag and its choices
+        parser.parse_args(["--kernel-backend", "avx512"])
