@@ -25,16 +25,16 @@ def resolve_kernel_backend(requested: str, device: torch.device) -> str:
         return "torch"
     if device.type != "cpu":
         raise ConfigError(f"--kernel-backend cpu runs on CPU devices, not {device.type}")
-    from infernetes.kernels.cpu.library import CpuKernelsUnavailable, load
+    from infernetes.kernels.cpu.library import CpuKernelsUnavailable, load, simd_width
     from infernetes.runtime.gguf_convert import cache_root
     try:
-        library = load(cache_root() / "kernels")
+        load(cache_root() / "kernels")
     except CpuKernelsUnavailable as error:
         if requested == "cpu":
             raise ConfigError(f"--kernel-backend cpu: {error}") from None
         logger.warning("CPU kernels unavailable, using torch's: %s", error)
         return "torch"
-    if requested == "auto" and library.ifn_simd_width() < 8:
+    if requested == "auto" and simd_width() < 8:
         logger.warning("CPU kernels built without AVX2/FMA/F16C here; using torch's")
         return "torch"
     return "cpu"

@@ -11,6 +11,7 @@ Where the advice is refused (THP off, another OS) the arena is ordinary memory.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 
@@ -38,10 +39,8 @@ def place_in_huge_pages(model: nn.Module) -> mmap.mmap | None:
     address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
     start = -address % HUGE_PAGE
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
+        with contextlib.suppress(OSError):  # huge pages off here: ordinary pages, same contents
             mapping.madvise(mmap.MADV_HUGEPAGE, start, size - size % mmap.PAGESIZE)
-        except OSError:
-            pass  # huge pages off here: ordinary pages, same contents
     arena = torch.frombuffer(mapping, dtype=torch.uint8)[start:start + size]
     for param, offset in zip(params, offsets):
         nbytes = param.numel() * param.element_size()

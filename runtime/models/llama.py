@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from infernetes.kernels.cpu.decoder_layer import (
+    DecodeBatch, DecoderLayerWeights, decode_batch, decoder_layer, decoder_layer_weights)
 from infernetes.runtime.layers.activation import silu_and_mul
 from infernetes.runtime.layers.attention import Attention, AttentionMetadata
 from infernetes.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -72,19 +74,19 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self._fused: DecoderLayerWeights | None = None  # built on first use (forward_fused)
 
-    def forward_fused(self, batch, hidden, residual):
+    def forward_fused(self, batch: DecodeBatch, hidden: torch.Tensor,
+                      residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The same layer for an all-decode batch, in one call of the C kernels
         (kernels/cpu/decoder_layer.py); `batch` from `decode_batch`."""
-        from infernetes.kernels.cpu.decoder_layer import decoder_layer
         return decoder_layer(self._fused_weights(), batch, hidden, residual)
 
-    def _fused_weights(self):
+    def _fused_weights(self) -> DecoderLayerWeights:
         """The C view of this layer's parameters and cache, rebuilt when the cache moves."""
         key_cache, value_cache = self.self_attn.attn.kv_cache
-        weights = getattr(self, "_fused", None)
+        weights = self._fused
         if weights is None or weights.key_cache != key_cache.data_ptr():
-            from infernetes.kernels.cpu.decoder_layer import decoder_layer_weights
             attention, mlp = self.self_attn, self.mlp
             weights = self._fused = decoder_layer_weights(
                 input_norm=self.input_layernorm.weight,
@@ -122,7 +124,6 @@ class LlamaModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         residual = None
         if meta.fused_decode:
-            from infernetes.kernels.cpu.decoder_layer import decode_batch
             batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
                                  meta.decode_seq_lens, self.rotary.cos_sin)
             for layer in self.layers:

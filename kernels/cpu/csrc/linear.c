@@ -4,7 +4,7 @@
  * a few rows the product is bound by memory bandwidth. The kernel streams the weights once, in
  * their own precision (bf16/fp16: half the bytes of fp32), widens 8 elements at a time to fp32
  * in registers and accumulates with FMA against up to 4 rows of x at once (more rows re-read
- * the weight row from L1). Rows of x are widened to fp32 once per call and stay in L1.
+ * the weight row from L1). Rows of x are widened to fp32 once per call and stay in cache.
  *
  * Weights are read row after row, one sequential stream per thread: the hardware prefetcher
  * follows that at full bandwidth, while four interleaved row streams got half of it, and
