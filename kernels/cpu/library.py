@@ -30,7 +30,7 @@ _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_f
 # name -> (argument types, result type)
 SIGNATURES = {
     "ifn_simd_width": ((), _I32),
-    "ifn_linear": ((_P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I32, _I32), _I32),
+    "ifn_linear": ((_P, _I64, _P, _P, _P, _I64, _I32, _I64, _I64, _I64, _I32, _I32), _I32),
     "ifn_kv_store": ((_P, _I64, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I32), None),
     "ifn_decode_attention": ((_P, _I64, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64,
                               _I64, _F32, _I32, _I32), _I32),

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infernetes.runtime.layers.cpu_matmul import linear, should_upcast, uses_cpu_kernel
+from infernetes.kernels.cpu.linear import linear as linear_cpu
+from infernetes.runtime.layers.cpu_matmul import should_upcast, uses_cpu_kernel
 from infernetes.runtime.parallel.state import get_tp_group
 
 
@@ -57,7 +58,8 @@ class ParallelLMHead(VocabParallelEmbedding):
         """Logits [..., vocab_size]; with tensor parallelism on rank 0 only (None elsewhere):
         each rank computes its slice of the vocabulary, rank 0 gathers them."""
         if uses_cpu_kernel(hidden_states, self.kernels):
-            logits = linear(hidden_states, self.weight, kernels=self.kernels)
+            # float32 straight away: the sampler reads float32 (the same values, rounded)
+            logits = linear_cpu(hidden_states, self.weight, out_dtype=torch.float32)
         elif should_upcast(hidden_states):
             if self._weight_fp32 is None:
                 self._weight_fp32 = self.weight.float()

@@ -59,6 +59,17 @@ def test_linear_matches_float64(dtype, m, n, k, with_bias):
     _close(out, F.linear(x, weight, bias), dtype, scale=2)
 
 
+def test_linear_writes_float32_logits_with_the_same_values():
+    gen = torch.Generator().manual_seed(2)
+    x = _randn(3, 40, dtype=torch.bfloat16, generator=gen)
+    weight = _randn(97, 40, dtype=torch.bfloat16, generator=gen)
+    logits = linear(x, weight, out_dtype=torch.float32)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, linear(x, weight).float())
+    with pytest.raises(ValueError, match="out_dtype"):
+        linear(x, weight, out_dtype=torch.float16)
+
+
 def test_linear_streams_a_large_matrix_on_every_thread():
     """Wide enough that the rows split over threads; every output row written."""
     gen = torch.Generator().manual_seed(1)

@@ -106,10 +106,12 @@ void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const
 }
 
 /* x: [m, k] with row stride x_stride (elements); w: [n, k] contiguous; bias: [n] or NULL;
- * y: [m, n] with row stride y_stride. All of one element type `dtype`. The bias is added in
- * fp32 before the one rounding. Returns 0, or -1 when out of memory. */
+ * all of one element type `dtype`. y: [m, n] with row stride y_stride, of type `dtype` or fp32
+ * (y_dtype: the values rounded to `dtype` all the same, without a conversion pass after). The
+ * bias is added in fp32 before the one rounding. Returns 0, or -1 when out of memory. */
 int ifn_linear(const void *x, int64_t x_stride, const void *w, const void *bias, void *y,
-               int64_t y_stride, int64_t m, int64_t n, int64_t k, int dtype, int num_threads) {
+               int64_t y_stride, int y_dtype, int64_t m, int64_t n, int64_t k, int dtype,
+               int num_threads) {
     float *xf = malloc((size_t)(m * k > 0 ? m * k : 1) * sizeof(float));
     if (xf == NULL) return -1;
     for (int64_t i = 0; i < m; i++) ifn_widen((const char *)x + (size_t)(i * x_stride) *
@@ -119,7 +121,7 @@ int ifn_linear(const void *x, int64_t x_stride, const void *w, const void *bias,
     {
         int64_t first, last;
         ifn_thread_range(n, omp_get_thread_num(), omp_get_num_threads(), &first, &last);
-        ifn_linear_rows(xf, m, k, w, bias, y, y_stride, dtype, first, last, dtype);
+        ifn_linear_rows(xf, m, k, w, bias, y, y_stride, y_dtype, first, last, dtype);
     }
     free(xf);
     return 0;
