@@ -125,18 +125,24 @@ class Reconciler:
                                       naming.cache_claim_name(isvc.spec.model.source))
         children = Children(pvc, owned)
         if pvc is not None:
-            children.other_download_running = await self._other_download_running(isvc)
+            children.other_download_running = await self._other_download_running(isvc, pvc)
         job = children.find("Job", naming.download_job_name(isvc.name,
                                                             isvc.spec.model.source))
         if job is not None:
             await self._read_download_pod(isvc.namespace, job["metadata"]["name"], children)
         return children
 
-    async def _other_download_running(self, isvc: InferenceService) -> bool:
+    async def _other_download_running(self, isvc: InferenceService,
+                                      pvc: dict[str, Any]) -> bool:
+        """Another InferenceService's download of this source is running, or has completed
+        without its size on the claim yet (its owner's next pass records it): a Job of ours
+        now would be a second, needless writer."""
+        recorded = naming.ANNOTATION_MODEL_BYTES in (pvc["metadata"].get("annotations") or {})
         source_hash = naming.source_hash(isvc.spec.model.source)
         jobs = await self.kube.list("Job", isvc.namespace,
                                     {naming.LABEL_SOURCE_HASH: source_hash})
-        return any(not _job_finished(job) for job in jobs
+        return any(not _job_finished(job) or (_job_complete(job) and not recorded)
+                   for job in jobs
                    if job["metadata"]["labels"].get(naming.LABEL_ISVC) != isvc.name)
 
     async def _read_download_pod(self, namespace: str, job_name: str,
