@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from infernetes.kernels.cpu.launch import check_same_dtype, dtype_code, num_threads
+from infernetes.kernels.cpu.launch import (
+    check_heads_contiguous, check_int64, check_same_dtype, dtype_code, num_threads)
 from infernetes.kernels.cpu.library import library
 
 
@@ -22,9 +23,7 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         raise ValueError(f"query: expected [batch, num_heads, head_dim], got shape "
                          f"{tuple(query.shape)}")
     batch, num_heads, head_dim = query.shape
-    if query.stride(2) != 1 or query.stride(1) != head_dim:
-        raise ValueError(f"query: heads and dims must be contiguous, got strides "
-                         f"{query.stride()}")
+    check_heads_contiguous("query", query)
     if key_cache.dim() != 4 or key_cache.shape[3] != head_dim \
             or value_cache.shape != key_cache.shape or not key_cache.is_contiguous() \
             or not value_cache.is_contiguous():
@@ -34,14 +33,8 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     num_kv_heads = key_cache.shape[1]
     if num_heads % num_kv_heads:
         raise ValueError(f"query: {num_heads} heads do not group onto {num_kv_heads} KV heads")
-    if block_tables.dim() != 2 or block_tables.shape[0] != batch \
-            or block_tables.dtype != torch.int64 or not block_tables.is_contiguous():
-        raise ValueError(f"block_tables: expected contiguous int64 [{batch}, max_blocks], got "
-                         f"{block_tables.dtype} {tuple(block_tables.shape)}")
-    if seq_lens.shape != (batch,) or seq_lens.dtype != torch.int64 \
-            or not seq_lens.is_contiguous():
-        raise ValueError(f"seq_lens: expected contiguous int64 ({batch},), got "
-                         f"{seq_lens.dtype} {tuple(seq_lens.shape)}")
+    check_int64("block_tables", block_tables, (batch, block_tables.shape[-1]))
+    check_int64("seq_lens", seq_lens, (batch,))
     out = torch.empty((batch, num_heads, head_dim), dtype=query.dtype)
     if batch:
         status = library().ifn_decode_attention(

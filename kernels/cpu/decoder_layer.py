@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from infernetes.kernels.cpu.launch import dtype_code, num_threads
+from infernetes.kernels.cpu.launch import check_int64, dtype_code, num_threads
 from infernetes.kernels.cpu.library import library
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -98,10 +98,7 @@ def decode_batch(positions: torch.Tensor, slot_mapping: torch.Tensor,
                                 ("seq_lens", seq_lens, (num_tokens,)),
                                 ("block_tables", block_tables,
                                  (num_tokens, block_tables.shape[-1]))):
-        if tuple(tensor.shape) != shape or tensor.dtype != torch.int64 \
-                or not tensor.is_contiguous():
-            raise ValueError(f"{name}: expected contiguous int64 {shape}, got {tensor.dtype} "
-                             f"{tuple(tensor.shape)}")
+        check_int64(name, tensor, shape)
     if cos_sin.dtype != torch.float32 or not cos_sin.is_contiguous() or cos_sin.dim() != 2:
         raise ValueError("cos_sin: expected a contiguous float32 [max_position, head_dim]")
     batch = DecodeBatch(num_tokens, block_tables.shape[1], positions.data_ptr(),

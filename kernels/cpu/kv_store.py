@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from infernetes.kernels.cpu.launch import check_same_dtype, dtype_code
+from infernetes.kernels.cpu.launch import (
+    check_heads_contiguous, check_int64, check_same_dtype, dtype_code)
 from infernetes.kernels.cpu.library import library
 
 
@@ -19,20 +20,15 @@ def store_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tens
         raise ValueError(f"key, value: expected [num_tokens, num_kv_heads, head_dim] each, "
                          f"got {tuple(key.shape)} and {tuple(value.shape)}")
     num_tokens, num_kv_heads, head_dim = key.shape
-    for name, tensor in (("key", key), ("value", value)):
-        if tensor.stride(2) != 1 or tensor.stride(1) != head_dim:
-            raise ValueError(f"{name}: heads and dims must be contiguous, got strides "
-                             f"{tensor.stride()}")
+    check_heads_contiguous("key", key)
+    check_heads_contiguous("value", value)
     if key_cache.dim() != 4 or key_cache.shape[1] != num_kv_heads \
             or key_cache.shape[3] != head_dim or value_cache.shape != key_cache.shape \
             or not key_cache.is_contiguous() or not value_cache.is_contiguous():
         raise ValueError(f"caches: expected contiguous [num_blocks, {num_kv_heads}, "
                          f"block_size, {head_dim}], got {tuple(key_cache.shape)} and "
                          f"{tuple(value_cache.shape)}")
-    if slot_mapping.shape != (num_tokens,) or slot_mapping.dtype != torch.int64 \
-            or not slot_mapping.is_contiguous():
-        raise ValueError(f"slot_mapping: expected contiguous int64 ({num_tokens},), got "
-                         f"{slot_mapping.dtype} {tuple(slot_mapping.shape)}")
+    check_int64("slot_mapping", slot_mapping, (num_tokens,))
     library().ifn_kv_store(key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0),
                            key_cache.data_ptr(), value_cache.data_ptr(),
                            slot_mapping.data_ptr(), num_tokens, num_kv_heads, head_dim,

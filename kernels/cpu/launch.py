@@ -33,6 +33,21 @@ def check_rows(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
                          f"{tensor.stride()}")
 
 
+def check_heads_contiguous(name: str, tensor: torch.Tensor) -> None:
+    """tensor: [tokens, heads, head_dim] with heads and dims contiguous (tokens may be strided)."""
+    if tensor.stride(2) != 1 or tensor.stride(1) != tensor.shape[2]:
+        raise ValueError(f"{name}: heads and dims must be contiguous, got strides "
+                         f"{tensor.stride()}")
+
+
+def check_int64(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """tensor is a contiguous int64 tensor of `shape` (indices the C code reads directly)."""
+    if tuple(tensor.shape) != shape or tensor.dtype != torch.int64 \
+            or not tensor.is_contiguous():
+        raise ValueError(f"{name}: expected contiguous int64 {shape}, got {tensor.dtype} "
+                         f"{tuple(tensor.shape)}")
+
+
 def num_threads() -> int:
     """torch's intra-op thread count: the kernels run on the same OpenMP pool."""
     return torch.get_num_threads()
