@@ -1,16 +1,20 @@
-"""One Llama decoder layer for a batch of decode tokens in one call (csrc/decoder_layer.c): the
-CPU counterpart of a captured CUDA graph, for batches of a few sequences without adapters.
+"""A model's Llama decoder layers for a batch of decode tokens in one call
+(csrc/decoder_layer.c): the CPU counterpart of a captured CUDA graph, for batches of a few
+sequences without adapters.
 
 `DecoderLayerWeights` points at one layer's parameters and KV cache (built once, after the
-cache is allocated; parameters never move after loading); `DecodeBatch` at one step's
-positions and block tables (built once per step, shared by every layer). The reference is
-runtime/models/llama.py's LlamaDecoderLayer.forward on the torch kernels.
+cache is allocated; parameters never move after loading); `DecoderStack` holds the layers in
+order; `DecodeBatch` points at one step's positions and block tables (built once per step,
+shared by every layer). The reference is runtime/models/llama.py's LlamaDecoderLayer.forward
+on the torch kernels, layer after layer.
 """
 from __future__ import annotations
 
 import ctypes
 
 import torch
+
+from collections.abc import Sequence
 
 from infernetes.kernels.cpu.launch import check_int64, dtype_code, num_threads
 from infernetes.kernels.cpu.library import library
@@ -109,18 +113,40 @@ def decode_batch(positions: torch.Tensor, slot_mapping: torch.Tensor,
     return batch
 
 
-def decoder_layer(weights: DecoderLayerWeights, batch: DecodeBatch, hidden: torch.Tensor,
-                  residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden: [num_tokens, hidden]; residual: the same, or None in the first layer.
-    Returns (the layer's output, the new residual), as LlamaDecoderLayer.forward."""
+class DecoderStack:
+    """Layers that run one after another in one call, as the C array the kernel walks."""
+
+    def __init__(self, layers: Sequence[DecoderLayerWeights]):
+        if not layers:
+            raise ValueError("a decoder stack needs at least one layer")
+        first = layers[0]
+        for i, layer in enumerate(layers):
+            if layer.dtype != first.dtype or layer.hidden != first.hidden \
+                    or layer.head_dim != first.head_dim:
+                raise ValueError(f"layer {i}: {layer.dtype}, hidden {layer.hidden}, head_dim "
+                                 f"{layer.head_dim}; layer 0: {first.dtype}, hidden "
+                                 f"{first.hidden}, head_dim {first.head_dim}")
+        self.layers = tuple(layers)  # keeps each layer's tensors alive
+        self.array = (DecoderLayerWeights * len(layers))(*layers)
+        self.dtype, self.hidden, self.head_dim = first.dtype, first.hidden, first.head_dim
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+def decoder_layers(stack: DecoderStack, batch: DecodeBatch, hidden: torch.Tensor,
+                   residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden: [num_tokens, hidden]; residual: the same, or None when the stack starts at the
+    model's first layer. Returns (the last layer's output, the new residual), as
+    LlamaDecoderLayer.forward applied layer after layer."""
     code = dtype_code("hidden", hidden)
-    shape = (batch.num_tokens, weights.hidden)
-    if tuple(hidden.shape) != shape or hidden.dtype != weights.dtype \
+    shape = (batch.num_tokens, stack.hidden)
+    if tuple(hidden.shape) != shape or hidden.dtype != stack.dtype \
             or not hidden.is_contiguous():
-        raise ValueError(f"hidden: expected contiguous {weights.dtype} {shape}, got "
+        raise ValueError(f"hidden: expected contiguous {stack.dtype} {shape}, got "
                          f"{hidden.dtype} {tuple(hidden.shape)}")
-    if batch.head_dim != weights.head_dim:
-        raise ValueError(f"cos_sin: rows of {batch.head_dim}, heads of {weights.head_dim}")
+    if batch.head_dim != stack.head_dim:
+        raise ValueError(f"cos_sin: rows of {batch.head_dim}, heads of {stack.head_dim}")
     first_layer = residual is None
     if first_layer:
         residual = torch.empty_like(hidden)
@@ -128,9 +154,9 @@ def decoder_layer(weights: DecoderLayerWeights, batch: DecodeBatch, hidden: torc
             or not residual.is_contiguous():
         raise ValueError(f"residual: expected contiguous {hidden.dtype} {shape}")
     out = torch.empty_like(hidden)
-    status = library().ifn_decoder_layer(ctypes.addressof(weights), ctypes.addressof(batch),
-                                         hidden.data_ptr(), residual.data_ptr(), out.data_ptr(),
-                                         int(first_layer), code, num_threads())
+    status = library().ifn_decoder_layers(
+        ctypes.addressof(stack.array), len(stack), ctypes.addressof(batch), hidden.data_ptr(),
+        residual.data_ptr(), out.data_ptr(), int(first_layer), code, num_threads())
     if status != 0:
-        raise MemoryError("decoder_layer: out of memory for the activations")
+        raise MemoryError("decoder_layers: out of memory for the activations")
     return out, residual

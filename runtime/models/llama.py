@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from infernetes.kernels.cpu.decoder_layer import (
-    DecodeBatch, DecoderLayerWeights, decode_batch, decoder_layer, decoder_layer_weights)
+    DecoderLayerWeights, DecoderStack, decode_batch, decoder_layer_weights, decoder_layers)
 from infernetes.runtime.layers.activation import silu_and_mul
 from infernetes.runtime.layers.attention import Attention, AttentionMetadata
 from infernetes.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -74,31 +74,22 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self._fused: DecoderLayerWeights | None = None  # built on first use (forward_fused)
 
-    def forward_fused(self, batch: DecodeBatch, hidden: torch.Tensor,
-                      residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same layer for an all-decode batch, in one call of the C kernels
-        (kernels/cpu/decoder_layer.py); `batch` from `decode_batch`."""
-        return decoder_layer(self._fused_weights(), batch, hidden, residual)
-
-    def _fused_weights(self) -> DecoderLayerWeights:
-        """The C view of this layer's parameters and cache, rebuilt when the cache moves."""
+    def fused_weights(self) -> DecoderLayerWeights:
+        """The C view of this layer's parameters and KV cache, for the fused decode
+        (kernels/cpu/decoder_layer.py); valid while the cache stays allocated."""
         key_cache, value_cache = self.self_attn.attn.kv_cache
-        weights = self._fused
-        if weights is None or weights.key_cache != key_cache.data_ptr():
-            attention, mlp = self.self_attn, self.mlp
-            weights = self._fused = decoder_layer_weights(
-                input_norm=self.input_layernorm.weight,
-                post_norm=self.post_attention_layernorm.weight,
-                qkv_weight=attention.qkv_proj.weight, qkv_bias=attention.qkv_proj.bias,
-                o_weight=attention.o_proj.weight, o_bias=attention.o_proj.bias,
-                gate_up_weight=mlp.gate_up_proj.weight, gate_up_bias=mlp.gate_up_proj.bias,
-                down_weight=mlp.down_proj.weight, down_bias=mlp.down_proj.bias,
-                key_cache=key_cache, value_cache=value_cache, num_heads=attention.num_heads,
-                eps=self.input_layernorm.eps, scale=attention.attn.scale,
-                sliding_window=attention.attn.sliding_window)
-        return weights
+        attention, mlp = self.self_attn, self.mlp
+        return decoder_layer_weights(
+            input_norm=self.input_layernorm.weight,
+            post_norm=self.post_attention_layernorm.weight,
+            qkv_weight=attention.qkv_proj.weight, qkv_bias=attention.qkv_proj.bias,
+            o_weight=attention.o_proj.weight, o_bias=attention.o_proj.bias,
+            gate_up_weight=mlp.gate_up_proj.weight, gate_up_bias=mlp.gate_up_proj.bias,
+            down_weight=mlp.down_proj.weight, down_bias=mlp.down_proj.bias,
+            key_cache=key_cache, value_cache=value_cache, num_heads=attention.num_heads,
+            eps=self.input_layernorm.eps, scale=attention.attn.scale,
+            sliding_window=attention.attn.sliding_window)
 
     def forward(self, rope, hidden, residual, meta):
         if residual is None:
@@ -119,6 +110,18 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self._attention = [layer.self_attn.attn for layer in self.layers]  # a plain list
+        self._stack: DecoderStack | None = None  # built on first fused decode
+        self._stack_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def decoder_stack(self) -> DecoderStack:
+        """Every layer's C view in one array (decoder_layers), rebuilt when a KV cache is
+        (re)allocated."""
+        caches = [attention.kv_cache for attention in self._attention]
+        if self._stack is None or any(a is not b for a, b in zip(caches, self._stack_caches)):
+            self._stack = DecoderStack([layer.fused_weights() for layer in self.layers])
+            self._stack_caches = caches
+        return self._stack
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
@@ -126,8 +129,7 @@ class LlamaModel(nn.Module):
         if meta.fused_decode:
             batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
                                  meta.decode_seq_lens, self.rotary.cos_sin)
-            for layer in self.layers:
-                hidden, residual = layer.forward_fused(batch, hidden, residual)
+            hidden, residual = decoder_layers(self.decoder_stack(), batch, hidden, None)
         else:
             rope = self.rotary.for_positions(positions, hidden.dtype)
             for layer in self.layers:

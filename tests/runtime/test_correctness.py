@@ -9,7 +9,7 @@ import pytest
 
 from hf_reference import hf_greedy
 from infernetes import LLM, SamplingParams
-from infernetes.runtime.models.llama import LlamaDecoderLayer
+from infernetes.runtime.models import llama
 
 MAX_NEW = 20
 ARCHITECTURES = ["llama", "mistral", "qwen2"]
@@ -47,14 +47,14 @@ def reference(tiny_models):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_mixed_lengths_in_one_batch(tiny_models, reference, name, kernels, monkeypatch):
     fused_calls = []
-    forward_fused = LlamaDecoderLayer.forward_fused
-    monkeypatch.setattr(LlamaDecoderLayer, "forward_fused",
-                        lambda *args: fused_calls.append(1) or forward_fused(*args))
+    fused = llama.decoder_layers
+    monkeypatch.setattr(llama, "decoder_layers",
+                        lambda *args: fused_calls.append(1) or fused(*args))
     prompts, expected, _, _ = reference[name]
     outputs = _greedy(_llm(tiny_models[name], kernels), prompts)
     assert [o.outputs[0].token_ids for o in outputs] == expected
     assert all(o.outputs[0].finish_reason == "length" for o in outputs)
-    # 7 sequences decode together: on the C kernels, each layer in one call
+    # 7 sequences decode together: on the C kernels, every layer in one call
     assert bool(fused_calls) == (kernels == "cpu")
 
 

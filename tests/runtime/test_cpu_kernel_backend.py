@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from infernetes.kernels.cpu.decoder_layer import DecoderStack, decode_batch, decoder_layers
 from infernetes.runtime.config import ConfigError, EngineConfig
 from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
 from infernetes.runtime.engine.model_runner import ModelRunner
@@ -68,6 +69,44 @@ def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype):
     torch.testing.assert_close(fused, torch_hidden, **tolerance)
     torch.testing.assert_close(one_op_at_a_time, torch_hidden, **tolerance)
     torch.testing.assert_close(fused, one_op_at_a_time, **tolerance)
+
+
+def test_a_stack_split_in_two_continues_from_the_residual(tiny_models):
+    """The model's layers in one call equal its first layers, then the rest fed the first
+    part's output and residual (the path where a stack does not start at layer 0)."""
+    runner = _runner(tiny_models["llama"], torch.bfloat16, "cpu")
+    runner.execute_model(SchedulerOutput(_requests("prefill"), sum(CONTEXTS)))
+    input_ids, positions, meta, _ = runner._prepare(_requests("decode"))
+    model = runner.model.model
+    batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
+                         meta.decode_seq_lens, model.rotary.cos_sin)
+    with torch.inference_mode():
+        hidden = model.embed_tokens(input_ids)
+        layers = [layer.fused_weights() for layer in model.layers]
+        # Each call stores the step's keys and values again: the same values, so no harm.
+        whole = decoder_layers(DecoderStack(layers), batch, hidden, None)
+        half = len(layers) // 2
+        first = decoder_layers(DecoderStack(layers[:half]), batch, hidden, None)
+        second = decoder_layers(DecoderStack(layers[half:]), batch, *first)
+    assert 0 < half < len(layers)
+    assert torch.equal(second[0], whole[0]) and torch.equal(second[1], whole[1])
+
+
+def test_a_decoder_stack_checks_its_layers(tiny_models):
+    runner = _runner(tiny_models["llama"], torch.bfloat16, "cpu")
+    layers = [layer.fused_weights() for layer in runner.model.model.layers]
+    with pytest.raises(ValueError, match="at least one layer"):
+        DecoderStack([])
+    other = _runner(tiny_models["llama"], torch.float16, "cpu").model.model.layers[0]
+    with pytest.raises(ValueError, match="layer 1: torch.float16"):
+        DecoderStack([layers[0], other.fused_weights()])
+    stack = DecoderStack(layers)
+    hidden = torch.zeros(2, stack.hidden + 1, dtype=torch.bfloat16)
+    batch = decode_batch(*(torch.zeros(2, dtype=torch.long) for _ in range(2)),
+                         torch.zeros(2, 1, dtype=torch.long), torch.ones(2, dtype=torch.long),
+                         runner.model.model.rotary.cos_sin)
+    with pytest.raises(ValueError, match="hidden: expected contiguous torch.bfloat16"):
+        decoder_layers(stack, batch, hidden, None)
 
 
 def test_runner_fuses_only_plain_decode_batches(tiny_models):

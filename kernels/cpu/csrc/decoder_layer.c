@@ -1,7 +1,9 @@
-/* One Llama decoder layer for a batch of decode tokens, in one call: the CPU counterpart of a
- * captured CUDA graph. Called one op at a time, a layer costs about 10 library calls and their
- * Python around them, some 5 ms per step for a 30-layer model here, as much as the weights'
- * reads; fused, one parallel region per layer runs the same cores (kernels.h) between barriers.
+/* Llama decoder layers for a batch of decode tokens, all of a model's layers in one call: the
+ * CPU counterpart of a captured CUDA graph. Called one op at a time, a layer costs about 10
+ * library calls and their Python around them, some 5 ms per step for a 30-layer model here, as
+ * much as the weights' reads; one call per layer still left ~30 us of Python and a parallel
+ * region's start per layer (~1 ms a step, 8%). Here one parallel region runs every layer, the
+ * same cores (kernels.h) between barriers.
  *
  * As runtime/models/llama.py's LlamaDecoderLayer.forward, with the same roundings:
  *   first layer: residual = hidden;  h = input_norm(hidden)
@@ -31,103 +33,153 @@ struct ifn_decode_batch {
     const float *cos_sin; /* [max_position, head_dim]: cos half, sin half */
 };
 
-/* hidden, residual, out: [num_tokens, hidden] contiguous in `dtype`; residual is read (unless
- * first_layer) and written; out receives the MLP's output. Returns 0, or -1 when out of
- * memory. */
-int ifn_decoder_layer(const struct ifn_decoder_layer *layer, const struct ifn_decode_batch *batch,
-                      const void *hidden, void *residual, void *out, int first_layer, int dtype,
-                      int num_threads) {
+/* Activation buffers of one layer, carved from one allocation. */
+struct layer_buffers {
+    float *x, *sum, *normed, *o, *qkv, *attn, *gate_up, *act, *scores;
+    int64_t *rows;
+};
+
+static size_t layer_floats(const struct ifn_decoder_layer *layer, int64_t m, int64_t longest,
+                           int num_threads) {
+    const int64_t h = layer->hidden, q_width = layer->num_heads * layer->head_dim;
+    const int64_t qkv_width = q_width + 2 * layer->num_kv_heads * layer->head_dim;
+    const int64_t group = layer->num_heads / layer->num_kv_heads;
+    return (size_t)(m * (4 * h + qkv_width + q_width + 3 * layer->intermediate)) +
+           (size_t)num_threads * (size_t)(group * longest) + 1;
+}
+
+static struct layer_buffers carve(const struct ifn_decoder_layer *layer, int64_t m,
+                                  int64_t *rows, float *buffer) {
+    const int64_t h = layer->hidden, q_width = layer->num_heads * layer->head_dim;
+    const int64_t qkv_width = q_width + 2 * layer->num_kv_heads * layer->head_dim;
+    struct layer_buffers b;
+    b.rows = rows;
+    b.x = buffer;
+    b.sum = b.x + m * h;
+    b.normed = b.sum + m * h;
+    b.o = b.normed + m * h;
+    b.qkv = b.o + m * h;
+    b.attn = b.qkv + m * qkv_width;
+    b.gate_up = b.attn + m * q_width;
+    b.act = b.gate_up + m * 2 * layer->intermediate;
+    b.scores = b.act + m * layer->intermediate;
+    return b;
+}
+
+/* One layer, run by every thread of the enclosing parallel region (the work-sharing below is
+ * orphaned: it binds to that region). hidden may be `out` itself: it is read, into b->x, before
+ * anything is written to out. */
+static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_decode_batch *batch,
+                      const struct layer_buffers *b, int64_t longest, const void *hidden,
+                      void *residual, void *out, int first_layer, int dtype) {
     const int64_t m = batch->num_tokens, h = layer->hidden, d = layer->head_dim;
     const int64_t q_width = layer->num_heads * d, kv_width = layer->num_kv_heads * d;
     const int64_t qkv_width = q_width + 2 * kv_width, inter = layer->intermediate;
     const int64_t group = layer->num_heads / layer->num_kv_heads;
+    const size_t elem = ifn_elem_size(dtype);
+    const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    float *x = b->x, *sum = b->sum, *normed = b->normed, *o = b->o, *qkv = b->qkv;
+    float *attn = b->attn, *gate_up = b->gate_up, *act = b->act;
+    int64_t first, last;
+#pragma omp single
+    {
+        ifn_widen(hidden, x, m * h, dtype);
+        if (first_layer) {
+            for (int64_t i = 0; i < m * h; i++) sum[i] = x[i];
+        } else {
+            ifn_widen(residual, sum, m * h, dtype);
+        }
+        for (int64_t t = 0; t < m; t++)
+            ifn_rms_norm_row(x + t * h, first_layer ? NULL : sum + t * h, layer->input_norm,
+                             normed + t * h, h, layer->eps, dtype);
+    }
+    ifn_thread_range(qkv_width, thread, threads, &first, &last);
+    ifn_linear_rows(normed, m, h, layer->qkv_weight, layer->qkv_bias, qkv, qkv_width, IFN_F32,
+                    first, last, dtype);
+#pragma omp barrier
+#pragma omp single
+    for (int64_t t = 0; t < m; t++) {
+        float *row = qkv + t * qkv_width;
+        ifn_rotary_token(row, layer->num_heads + layer->num_kv_heads, d,
+                         batch->cos_sin + batch->positions[t] * d, dtype);
+        int64_t slot = batch->slot_mapping[t];
+        if (slot < 0) continue;
+        for (int64_t kv = 0; kv < layer->num_kv_heads; kv++) {
+            size_t at = (size_t)ifn_cache_offset(slot, kv, layer->num_kv_heads,
+                                                 layer->block_size, d) * elem;
+            ifn_narrow(row + q_width + kv * d, (char *)layer->key_cache + at, d, dtype);
+            ifn_narrow(row + q_width + kv_width + kv * d, (char *)layer->value_cache + at, d,
+                       dtype);
+        }
+    }
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < m * layer->num_kv_heads; task++) {
+        int64_t t = task / layer->num_kv_heads, kv = task % layer->num_kv_heads;
+        int64_t len = batch->seq_lens[t], window = layer->sliding_window;
+        ifn_decode_attention_group(
+            qkv + t * qkv_width + kv * group * d, attn + t * q_width + kv * group * d,
+            b->scores + (size_t)thread * (size_t)(group * longest),
+            b->rows + (size_t)thread * (size_t)longest, group, layer->key_cache,
+            layer->value_cache, batch->block_tables + t * batch->max_blocks,
+            window > 0 && len > window ? len - window : 0, len, kv, layer->num_kv_heads, d,
+            layer->block_size, layer->scale, dtype);
+    }
+    ifn_thread_range(h, thread, threads, &first, &last);
+    ifn_linear_rows(attn, m, q_width, layer->o_weight, layer->o_bias, o, h, IFN_F32, first, last,
+                    dtype);
+#pragma omp barrier
+#pragma omp single
+    {
+        for (int64_t t = 0; t < m; t++)
+            ifn_rms_norm_row(o + t * h, sum + t * h, layer->post_norm, normed + t * h, h,
+                             layer->eps, dtype);
+        ifn_narrow(sum, residual, m * h, dtype);
+    }
+    ifn_thread_range(2 * inter, thread, threads, &first, &last);
+    ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up, 2 * inter,
+                    IFN_F32, first, last, dtype);
+#pragma omp barrier
+    ifn_thread_range(inter, thread, threads, &first, &last);
+    for (int64_t t = 0; t < m; t++)
+        ifn_silu_and_mul_span(gate_up + t * 2 * inter + first,
+                              gate_up + t * 2 * inter + inter + first, act + t * inter + first,
+                              last - first, dtype);
+#pragma omp barrier
+    ifn_thread_range(h, thread, threads, &first, &last);
+    ifn_linear_rows(act, m, inter, layer->down_weight, layer->down_bias, out, h, dtype, first,
+                    last, dtype);
+}
+
+/* num_layers consecutive layers in one parallel region. hidden, residual, out: [num_tokens,
+ * hidden] contiguous in `dtype`; layer 0 reads hidden, each later one the output before it
+ * (from out); residual is read (unless first_layer: layers[0] is the model's first) and
+ * written; out receives the last layer's output. Returns 0, or -1 when out of memory. */
+int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layers,
+                       const struct ifn_decode_batch *batch, const void *hidden, void *residual,
+                       void *out, int first_layer, int dtype, int num_threads) {
+    const int64_t m = batch->num_tokens;
     int64_t longest = 0;
-    for (int64_t b = 0; b < m; b++)
-        longest = batch->seq_lens[b] > longest ? batch->seq_lens[b] : longest;
+    for (int64_t t = 0; t < m; t++)
+        longest = batch->seq_lens[t] > longest ? batch->seq_lens[t] : longest;
     if (num_threads < 1) num_threads = 1;
     /* per thread, the attention's key offsets (int64, first for alignment) and scores */
-    size_t scratch = (size_t)num_threads * (size_t)longest;
-    size_t floats = (size_t)(m * (4 * h + qkv_width + q_width + 3 * inter)) +
-                    (size_t)num_threads * (size_t)(group * longest) + 1;
+    size_t scratch = (size_t)num_threads * (size_t)longest, floats = 1;
+    for (int64_t i = 0; i < num_layers; i++) {
+        size_t need = layer_floats(&layers[i], m, longest, num_threads);
+        floats = need > floats ? need : floats;
+    }
     int64_t *rows = malloc(scratch * sizeof(int64_t) + floats * sizeof(float));
     if (rows == NULL) return -1;
     float *buffer = (float *)(rows + scratch);
-    float *x = buffer, *sum = x + m * h, *normed = sum + m * h, *o = normed + m * h;
-    float *qkv = o + m * h, *attn = qkv + m * qkv_width, *gate_up = attn + m * q_width;
-    float *act = gate_up + m * 2 * inter, *scores = act + m * inter;
-    size_t elem = ifn_elem_size(dtype);
 
 #pragma omp parallel num_threads(num_threads)
-    {
-        int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-        int64_t first, last;
-#pragma omp single
-        {
-            ifn_widen(hidden, x, m * h, dtype);
-            if (first_layer) {
-                for (int64_t i = 0; i < m * h; i++) sum[i] = x[i];
-            } else {
-                ifn_widen(residual, sum, m * h, dtype);
-            }
-            for (int64_t t = 0; t < m; t++)
-                ifn_rms_norm_row(x + t * h, first_layer ? NULL : sum + t * h, layer->input_norm,
-                                 normed + t * h, h, layer->eps, dtype);
-        }
-        ifn_thread_range(qkv_width, thread, threads, &first, &last);
-        ifn_linear_rows(normed, m, h, layer->qkv_weight, layer->qkv_bias, qkv, qkv_width,
-                        IFN_F32, first, last, dtype);
+    for (int64_t i = 0; i < num_layers; i++) {
+        struct layer_buffers b = carve(&layers[i], m, rows, buffer);
+        if (i > 0) {
 #pragma omp barrier
-#pragma omp single
-        for (int64_t t = 0; t < m; t++) {
-            float *row = qkv + t * qkv_width;
-            ifn_rotary_token(row, layer->num_heads + layer->num_kv_heads, d,
-                             batch->cos_sin + batch->positions[t] * d, dtype);
-            int64_t slot = batch->slot_mapping[t];
-            if (slot < 0) continue;
-            for (int64_t kv = 0; kv < layer->num_kv_heads; kv++) {
-                size_t at = (size_t)ifn_cache_offset(slot, kv, layer->num_kv_heads,
-                                                     layer->block_size, d) * elem;
-                ifn_narrow(row + q_width + kv * d, (char *)layer->key_cache + at, d, dtype);
-                ifn_narrow(row + q_width + kv_width + kv * d, (char *)layer->value_cache + at, d,
-                           dtype);
-            }
         }
-#pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < m * layer->num_kv_heads; task++) {
-            int64_t t = task / layer->num_kv_heads, kv = task % layer->num_kv_heads;
-            int64_t len = batch->seq_lens[t], window = layer->sliding_window;
-            ifn_decode_attention_group(
-                qkv + t * qkv_width + kv * group * d, attn + t * q_width + kv * group * d,
-                scores + (size_t)thread * (size_t)(group * longest),
-                rows + (size_t)thread * (size_t)longest, group, layer->key_cache,
-                layer->value_cache, batch->block_tables + t * batch->max_blocks,
-                window > 0 && len > window ? len - window : 0, len, kv, layer->num_kv_heads, d,
-                layer->block_size, layer->scale, dtype);
-        }
-        ifn_thread_range(h, thread, threads, &first, &last);
-        ifn_linear_rows(attn, m, q_width, layer->o_weight, layer->o_bias, o, h, IFN_F32, first,
-                        last, dtype);
-#pragma omp barrier
-#pragma omp single
-        {
-            for (int64_t t = 0; t < m; t++)
-                ifn_rms_norm_row(o + t * h, sum + t * h, layer->post_norm, normed + t * h, h,
-                                 layer->eps, dtype);
-            ifn_narrow(sum, residual, m * h, dtype);
-        }
-        ifn_thread_range(2 * inter, thread, threads, &first, &last);
-        ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up,
-                        2 * inter, IFN_F32, first, last, dtype);
-#pragma omp barrier
-        ifn_thread_range(inter, thread, threads, &first, &last);
-        for (int64_t t = 0; t < m; t++)
-            ifn_silu_and_mul_span(gate_up + t * 2 * inter + first,
-                                  gate_up + t * 2 * inter + inter + first,
-                                  act + t * inter + first, last - first, dtype);
-#pragma omp barrier
-        ifn_thread_range(h, thread, threads, &first, &last);
-        ifn_linear_rows(act, m, inter, layer->down_weight, layer->down_bias, out, h, dtype, first,
-                        last, dtype);
+        run_layer(&layers[i], batch, &b, longest, i == 0 ? hidden : out, residual, out,
+                  first_layer && i == 0, dtype);
     }
     free(rows);
     return 0;
