@@ -22,7 +22,6 @@ from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
 from infernetes.runtime.engine.weight_arena import place_in_huge_pages
 from infernetes.runtime.engine.varlen_metadata import triton_metadata
 from infernetes.runtime.layers.attention import AttentionMetadata, PrefillChunk
-from infernetes.runtime.layers.cpu_matmul import CPU_KERNEL_MAX_ROWS
 from infernetes.runtime.layers.logprobs import token_logprobs
 from infernetes.runtime.layers.sampler import SamplingRow, sample
 from infernetes.runtime.config import LoRAConfig
@@ -228,10 +227,9 @@ class ModelRunner:
         return out
 
     def _fuses_decode(self, items: list[ScheduledRequest], meta: AttentionMetadata) -> bool:
-        """Whether each layer runs in one call of the C kernels: a few decodes, no prefill,
-        no adapter, one rank (the fused layer has no LoRA and no all-reduce inside)."""
-        return (self.kernels == "cpu" and not meta.prefills
-                and len(items) <= CPU_KERNEL_MAX_ROWS and get_tp_group().size == 1
+        """Whether the layers run in one call of the C kernels: decodes only, no adapter, one
+        rank (the fused layers have no LoRA and no all-reduce inside)."""
+        return (self.kernels == "cpu" and not meta.prefills and get_tp_group().size == 1
                 and all(item.lora_request is None for item in items))
 
     def _generator(self, item: ScheduledRequest) -> torch.Generator | None:

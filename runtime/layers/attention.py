@@ -38,8 +38,8 @@ class AttentionMetadata:
     decode_key_mask: torch.Tensor | None = None
     decode_seq_lens: torch.Tensor | None = None  # C path: [num_decodes] int64, keys incl. new
     prefills: list[PrefillChunk] = field(default_factory=list)
-    # All decodes, at most CPU_KERNEL_MAX_ROWS of them, no adapters, one rank: every layer in
-    # one call of the C kernels (kernels/cpu/decoder_layer.py), on the "cpu" backend.
+    # All decodes, no adapters, one rank: every layer in one call of the C kernels
+    # (kernels/cpu/decoder_layer.py), on the "cpu" backend.
     fused_decode: bool = False
     # The same batch for the Triton kernels (set when the runner uses them; varlen_metadata.py).
     triton: TritonAttentionMetadata | None = None

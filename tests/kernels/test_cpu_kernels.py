@@ -59,6 +59,24 @@ def test_linear_matches_float64(dtype, m, n, k, with_bias):
     _close(out, F.linear(x, weight, bias), dtype, scale=2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(12, 16, 8), (13, 33, 257), (37, 5, 600), (200, 47, 300),
+                                   (97, 1001, 40)])
+def test_gemm_rows_match_float64(dtype, m, n, k):
+    """From 12 rows on the product is the packed GEMM (csrc/gemm.c): whole and partial panels
+    of 16 weight rows, column blocks of 256 and a ragged last one, 6-row blocks and a ragged
+    last one, more rows than one chunk of 96, both threads."""
+    gen = torch.Generator().manual_seed(m * 100 + n + k)
+    x = _randn(m, k + 3, dtype=dtype, generator=gen)[:, 1:k + 1]
+    weight = _randn(n, k, dtype=dtype, generator=gen, scale=k ** -0.5)
+    bias = _randn(n, dtype=dtype, generator=gen)
+    out = linear(x, weight, bias)
+    expected = x.double() @ weight.double().T + bias.double()
+    _close(out, expected.to(dtype), dtype)
+    logits = linear(x, weight, bias, out_dtype=torch.float32)
+    assert torch.equal(logits, out.float())
+
+
 def test_linear_writes_float32_logits_with_the_same_values():
     gen = torch.Generator().manual_seed(2)
     x = _randn(3, 40, dtype=torch.bfloat16, generator=gen)

@@ -13,29 +13,32 @@ from infernetes.runtime.config import ConfigError, EngineConfig
 from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
 from infernetes.runtime.engine.model_runner import ModelRunner
 from infernetes.runtime.engine.scheduler_output import ScheduledRequest, SchedulerOutput
-from infernetes.runtime.layers.cpu_matmul import CPU_KERNEL_MAX_ROWS
 from infernetes.runtime.model_config import ModelArchConfig
+from infernetes.runtime.request import LoRARequest
 from infernetes.runtime.sampling_params import SamplingParams
 
 BLOCK_SIZE = 4
 # Context lengths of the sequences that decode together: one block, a partial block, the
 # sliding window of the tiny Mistral (24) crossed.
 CONTEXTS = [1, 6, 30]
+# Enough sequences that the layers' products take the GEMM (12 rows and more) rather than the
+# row kernel.
+MANY_CONTEXTS = [1, 6, 30, 2, 9, 17, 25, 3, 11, 4, 8, 13, 29, 5]
 
 
 def _runner(folder: str, dtype: torch.dtype, kernels: str) -> ModelRunner:
     arch = ModelArchConfig.from_folder(Path(folder))
     runner = ModelRunner(arch, Path(folder), dtype, torch.device("cpu"), 128, BLOCK_SIZE,
                          kernel_backend=kernels)
-    runner.allocate_kv_cache(64)
+    runner.allocate_kv_cache(160)
     return runner
 
 
-def _requests(step: str) -> list[ScheduledRequest]:
+def _requests(step: str, contexts: list[int] = CONTEXTS) -> list[ScheduledRequest]:
     """Each sequence's prompt ("prefill") or its next token after the prompt ("decode")."""
     params = SamplingParams(max_tokens=4)
     requests, next_block = [], 0
-    for i, length in enumerate(CONTEXTS):
+    for i, length in enumerate(contexts):
         prompt = [(7 * i + 3 * p) % 300 + 1 for p in range(length)]
         blocks = list(range(next_block, next_block + length // BLOCK_SIZE + 1))
         next_block = blocks[-1] + 1
@@ -48,21 +51,22 @@ def _requests(step: str) -> list[ScheduledRequest]:
     return requests
 
 
-def _decode_hidden(runner: ModelRunner, fused: bool) -> torch.Tensor:
-    runner.execute_model(SchedulerOutput(_requests("prefill"), sum(CONTEXTS)))
-    input_ids, positions, meta, _ = runner._prepare(_requests("decode"))
+def _decode_hidden(runner: ModelRunner, fused: bool, contexts: list[int]) -> torch.Tensor:
+    runner.execute_model(SchedulerOutput(_requests("prefill", contexts), sum(contexts)))
+    input_ids, positions, meta, _ = runner._prepare(_requests("decode", contexts))
     meta.fused_decode = fused
     with torch.inference_mode():
         return runner.model(input_ids, positions, meta)
 
 
+@pytest.mark.parametrize("contexts", [CONTEXTS, MANY_CONTEXTS], ids=["rows", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
-def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype):
-    torch_hidden = _decode_hidden(_runner(tiny_models[name], dtype, "torch"), fused=False)
+def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype, contexts):
+    torch_hidden = _decode_hidden(_runner(tiny_models[name], dtype, "torch"), False, contexts)
     runner = _runner(tiny_models[name], dtype, "cpu")
-    fused = _decode_hidden(runner, fused=True)
-    one_op_at_a_time = _decode_hidden(runner, fused=False)
+    fused = _decode_hidden(runner, True, contexts)
+    one_op_at_a_time = _decode_hidden(runner, False, contexts)
     scale = torch_hidden.abs().max().item()
     # Two layers of half-precision roundings, summed in another order: a few ulps apart.
     tolerance = dict(atol=0.03 * scale, rtol=0.03)
@@ -118,9 +122,11 @@ def test_runner_fuses_only_plain_decode_batches(tiny_models):
     _, _, meta, _ = runner._prepare(prefill)
     assert not runner._fuses_decode(prefill, meta)
     many = [ScheduledRequest(f"m{i}", [1], 1, [0], True, SamplingParams(), [1], [1])
-            for i in range(CPU_KERNEL_MAX_ROWS + 1)]
+            for i in range(40)]
     _, _, meta, _ = runner._prepare(many)
-    assert not runner._fuses_decode(many, meta)  # more rows than the C products take
+    assert runner._fuses_decode(many, meta)  # large batches too: the GEMM takes them
+    many[7].lora_request = LoRARequest("adapter", 1)
+    assert not runner._fuses_decode(many, meta)  # the fused layers have no LoRA
 
 
 def test_backend_choice():

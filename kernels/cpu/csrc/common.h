@@ -170,7 +170,21 @@ static inline float ifn_hsum8(__m256 v) {
 
 /* n elements of type `dtype` at p, widened into f. */
 static inline void ifn_widen(const void *p, float *f, int64_t n, int dtype) {
-    for (int64_t i = 0; i < n; i++) f[i] = ifn_load(p, i, dtype);
+    int64_t i = 0;
+#ifdef IFN_AVX2
+    switch (dtype) {
+    case IFN_BF16:
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, ifn_load8_bf16((const uint16_t *)p + i));
+        break;
+    case IFN_F16:
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, ifn_load8_f16((const uint16_t *)p + i));
+        break;
+    default:
+        memcpy(f, p, (size_t)n * sizeof(float));
+        return;
+    }
+#endif
+    for (; i < n; i++) f[i] = ifn_load(p, i, dtype);
 }
 
 /* n fp32 values, stored into p as `dtype`. */

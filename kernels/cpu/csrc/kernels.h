@@ -12,6 +12,11 @@ void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const
                      void *y, int64_t y_stride, int y_dtype, int64_t first, int64_t last,
                      int dtype);
 
+/* The same product by the register-blocked GEMM (gemm.c), for many rows of x. */
+void ifn_gemm_rows(const float *xf, int64_t m, int64_t k, const void *w, const void *bias,
+                   void *y, int64_t y_stride, int y_dtype, int64_t first, int64_t last,
+                   int dtype);
+
 /* out = weight * round(s / rms(s)), rounded, where s = round(x + residual) (then written to
  * residual) or s = x when residual is NULL. One row of h. */
 void ifn_rms_norm_row(const float *x, float *residual, const void *weight, float *out,

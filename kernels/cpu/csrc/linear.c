@@ -9,6 +9,8 @@
  * Weights are read row after row, one sequential stream per thread: the hardware prefetcher
  * follows that at full bandwidth, while four interleaved row streams got half of it, and
  * software prefetches did not help (2-core AMD EPYC, AVX2). Threads split the output rows.
+ * From GEMM_MIN_ROWS rows of x on, arithmetic rather than bandwidth bounds the product and
+ * ifn_linear_rows hands it to the packed GEMM (gemm.c).
  */
 #include <stdlib.h>
 #include <omp.h>
@@ -17,6 +19,7 @@
 #include "kernels.h"
 
 #define MAX_ROWS_X 4 /* rows of x accumulated against one pass over a weight row */
+#define GEMM_MIN_ROWS 12 /* from here on the GEMM (gemm.c) is faster; see cpu_matmul.py */
 
 #ifdef IFN_AVX2
 /* out[i] = dot(wr[0:k], xf[i*k : i*k + k]) for i < MB, with CH FMA chains per row of x: at
@@ -92,6 +95,10 @@ static void row_dot(const void *w, int64_t row, int64_t k, const float *xf, int 
 void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const void *bias,
                      void *y, int64_t y_stride, int y_dtype, int64_t first, int64_t last,
                      int dtype) {
+    if (m >= GEMM_MIN_ROWS) {
+        ifn_gemm_rows(xf, m, k, w, bias, y, y_stride, y_dtype, first, last, dtype);
+        return;
+    }
     for (int64_t row = first; row < last; row++) {
         float bias_row = bias ? ifn_load(bias, row, dtype) : 0.0f;
         for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS_X) {
@@ -116,7 +123,7 @@ int ifn_linear(const void *x, int64_t x_stride, const void *w, const void *bias,
     if (xf == NULL) return -1;
     for (int64_t i = 0; i < m; i++) ifn_widen((const char *)x + (size_t)(i * x_stride) *
                                               ifn_elem_size(dtype), xf + i * k, k, dtype);
-    if (n * k < 65536) num_threads = 1; /* waking a thread costs more than the product */
+    if (m * n * k < 65536) num_threads = 1; /* waking a thread costs more than the product */
 #pragma omp parallel num_threads(num_threads)
     {
         int64_t first, last;
