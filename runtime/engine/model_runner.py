@@ -188,8 +188,12 @@ class ModelRunner:
         sampling = [s for s in items if s.sample]
         if not sampling:
             return ModelRunnerOutput({}, prompt_logprobs)
-        index = torch.tensor(logits_index, device=self.device)
-        logits = self.model.compute_logits(hidden.index_select(0, index))
+        # As many (increasing) indices as rows: every row, in order (a decode-only step).
+        if len(logits_index) == hidden.shape[0]:
+            rows_to_score = hidden
+        else:
+            rows_to_score = hidden.index_select(0, torch.tensor(logits_index, device=self.device))
+        logits = self.model.compute_logits(rows_to_score)
         if logits is None:  # a tensor-parallel rank other than the first: rank 0 samples
             return ModelRunnerOutput({})
         logits = logits.float()

@@ -125,15 +125,16 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
-        residual = None
-        if meta.fused_decode:
+        if meta.fused_decode:  # the layers and the final norm in one call
             batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
                                  meta.decode_seq_lens, self.rotary.cos_sin)
-            hidden, residual = decoder_layers(self.decoder_stack(), batch, hidden, None)
-        else:
-            rope = self.rotary.for_positions(positions, hidden.dtype)
-            for layer in self.layers:
-                hidden, residual = layer(rope, hidden, residual, meta)
+            hidden, _ = decoder_layers(self.decoder_stack(), batch, hidden, None,
+                                       self.norm.weight, self.norm.eps)
+            return hidden
+        residual = None
+        rope = self.rotary.for_positions(positions, hidden.dtype)
+        for layer in self.layers:
+            hidden, residual = layer(rope, hidden, residual, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -94,6 +94,15 @@ def test_a_stack_split_in_two_continues_from_the_residual(tiny_models):
         second = decoder_layers(DecoderStack(layers[half:]), batch, *first)
     assert 0 < half < len(layers)
     assert torch.equal(second[0], whole[0]) and torch.equal(second[1], whole[1])
+    # The model's final norm in the same call: as RMSNorm.forward with the residual.
+    norm = model.norm
+    with torch.inference_mode():
+        normed, summed = decoder_layers(DecoderStack(layers), batch, hidden, None, norm.weight,
+                                        norm.eps)
+        expected, expected_sum = norm(*whole)
+    assert torch.equal(summed, expected_sum)
+    torch.testing.assert_close(normed, expected, atol=0.02 * expected.abs().max().item(),
+                               rtol=0.02)
 
 
 def test_a_decoder_stack_checks_its_layers(tiny_models):
@@ -111,6 +120,9 @@ def test_a_decoder_stack_checks_its_layers(tiny_models):
                          runner.model.model.rotary.cos_sin)
     with pytest.raises(ValueError, match="hidden: expected contiguous torch.bfloat16"):
         decoder_layers(stack, batch, hidden, None)
+    with pytest.raises(ValueError, match="final_norm: expected a contiguous torch.bfloat16"):
+        decoder_layers(stack, batch, hidden[:, :-1].contiguous(), None,
+                       torch.ones(stack.hidden + 1, dtype=torch.bfloat16), 1e-5)
 
 
 def test_runner_fuses_only_plain_decode_batches(tiny_models):

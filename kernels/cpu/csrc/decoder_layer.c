@@ -150,13 +150,27 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
                     last, dtype);
 }
 
+/* out = norm(out + residual), residual = out + residual, as LlamaModel.forward ends. */
+static void final_rms_norm(const struct layer_buffers *b, int64_t m, int64_t h,
+                           const void *weight, float eps, void *residual, void *out, int dtype) {
+    ifn_widen(out, b->x, m * h, dtype);
+    ifn_widen(residual, b->sum, m * h, dtype);
+    for (int64_t t = 0; t < m; t++)
+        ifn_rms_norm_row(b->x + t * h, b->sum + t * h, weight, b->normed + t * h, h, eps, dtype);
+    ifn_narrow(b->normed, out, m * h, dtype);
+    ifn_narrow(b->sum, residual, m * h, dtype);
+}
+
 /* num_layers consecutive layers in one parallel region. hidden, residual, out: [num_tokens,
  * hidden] contiguous in `dtype`; layer 0 reads hidden, each later one the output before it
  * (from out); residual is read (unless first_layer: layers[0] is the model's first) and
- * written; out receives the last layer's output. Returns 0, or -1 when out of memory. */
+ * written; out receives the last layer's output, or, given final_norm ([hidden], the model's
+ * last RMSNorm), that norm of it added to the residual (the residual then holds the sum), as
+ * the model's forward ends. Returns 0, or -1 when out of memory. */
 int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layers,
                        const struct ifn_decode_batch *batch, const void *hidden, void *residual,
-                       void *out, int first_layer, int dtype, int num_threads) {
+                       void *out, int first_layer, const void *final_norm, float final_eps,
+                       int dtype, int num_threads) {
     const int64_t m = batch->num_tokens;
     int64_t longest = 0;
     for (int64_t t = 0; t < m; t++)
@@ -180,6 +194,11 @@ int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layer
         }
         run_layer(&layers[i], batch, &b, longest, i == 0 ? hidden : out, residual, out,
                   first_layer && i == 0, dtype);
+        if (final_norm != NULL && i == num_layers - 1) {
+#pragma omp barrier
+#pragma omp single
+            final_rms_norm(&b, m, layers[i].hidden, final_norm, final_eps, residual, out, dtype);
+        }
     }
     free(rows);
     return 0;
