@@ -77,6 +77,13 @@ def test_gemm_rows_match_float64(dtype, m, n, k):
     assert torch.equal(logits, out.float())
 
 
+@pytest.mark.parametrize("m", [3, 20])
+def test_linear_over_no_columns_is_the_bias(m):
+    """k = 0 on the row path and the GEMM: nothing to sum, every row of y is the bias."""
+    bias = torch.arange(5.0)
+    assert torch.equal(linear(torch.zeros(m, 0), torch.zeros(5, 0), bias), bias.expand(m, 5))
+
+
 def test_linear_writes_float32_logits_with_the_same_values():
     gen = torch.Generator().manual_seed(2)
     x = _randn(3, 40, dtype=torch.bfloat16, generator=gen)

@@ -59,7 +59,8 @@ def _decode_hidden(runner: ModelRunner, fused: bool, contexts: list[int]) -> tor
         return runner.model(input_ids, positions, meta)
 
 
-@pytest.mark.parametrize("contexts", [CONTEXTS, MANY_CONTEXTS], ids=["rows", "gemm"])
+# One sequence alone: its attention splits by query head rather than by KV head.
+@pytest.mark.parametrize("contexts", [[30], CONTEXTS, MANY_CONTEXTS], ids=["one", "rows", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
 def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype, contexts):

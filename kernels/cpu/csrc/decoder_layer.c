@@ -112,14 +112,19 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
                        dtype);
         }
     }
+    /* One task per (token, KV head) and its group of query heads; with fewer such tasks than
+     * two per thread (a single sequence), one per query head, or the threads idle unevenly. */
+    const int64_t split = m * layer->num_kv_heads < 2 * threads ? group : 1;
+    const int64_t heads_per_task = group / split;
 #pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < m * layer->num_kv_heads; task++) {
-        int64_t t = task / layer->num_kv_heads, kv = task % layer->num_kv_heads;
+    for (int64_t task = 0; task < m * layer->num_kv_heads * split; task++) {
+        int64_t t = task / (layer->num_kv_heads * split), kv = task / split % layer->num_kv_heads;
+        int64_t head = kv * group + task % split * heads_per_task;
         int64_t len = batch->seq_lens[t], window = layer->sliding_window;
         ifn_decode_attention_group(
-            qkv + t * qkv_width + kv * group * d, attn + t * q_width + kv * group * d,
+            qkv + t * qkv_width + head * d, attn + t * q_width + head * d,
             b->scores + (size_t)thread * (size_t)(group * longest),
-            b->rows + (size_t)thread * (size_t)longest, group, layer->key_cache,
+            b->rows + (size_t)thread * (size_t)longest, heads_per_task, layer->key_cache,
             layer->value_cache, batch->block_tables + t * batch->max_blocks,
             window > 0 && len > window ? len - window : 0, len, kv, layer->num_kv_heads, d,
             layer->block_size, layer->scale, dtype);
@@ -135,11 +140,13 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
                              layer->eps, dtype);
         ifn_narrow(sum, residual, m * h, dtype);
     }
-    ifn_thread_range(2 * inter, thread, threads, &first, &last);
+    /* Each thread the gate rows and the up rows of one span, then that span's SiLU-and-mul:
+     * both halves are its own, so no barrier between. */
+    ifn_thread_range(inter, thread, threads, &first, &last);
     ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up, 2 * inter,
                     IFN_F32, first, last, dtype);
-#pragma omp barrier
-    ifn_thread_range(inter, thread, threads, &first, &last);
+    ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up, 2 * inter,
+                    IFN_F32, inter + first, inter + last, dtype);
     for (int64_t t = 0; t < m; t++)
         ifn_silu_and_mul_span(gate_up + t * 2 * inter + first,
                               gate_up + t * 2 * inter + inter + first, act + t * inter + first,

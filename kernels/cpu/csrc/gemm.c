@@ -153,6 +153,7 @@ void ifn_gemm_rows(const float *xf, int64_t m, int64_t k, const void *w, const v
         int64_t mc = m - m0 < MC ? m - m0 : MC;
         for (int64_t n0 = first; n0 < last; n0 += NR) {
             int nr = last - n0 < NR ? (int)(last - n0) : NR;
+            if (k == 0) memset(c, 0, sizeof(float) * (size_t)(mc * NR)); /* y = bias */
             for (int64_t k0 = 0; k0 < k; k0 += KC) {
                 int64_t kb = k - k0 < KC ? k - k0 : KC;
                 pack_panel(w, k, n0, nr, k0, kb, panel, dtype);
