@@ -178,7 +178,7 @@ class ModelRunner:
         if self.lora is not None:
             self.lora.pinned = scheduler_output.lora_ids_in_flight
             self.lora.activate([(s.lora_request, len(s.token_ids)) for s in items])
-        meta.fused_decode = self._fuses_decode(items, meta)
+        meta.fused_decode = self._fuses_decode(meta)
         hidden = None
         if self.decode_graphs is not None and not meta.prefills:
             hidden = self.decode_graphs.run(input_ids, positions, meta)
@@ -230,11 +230,10 @@ class ModelRunner:
             token_start += len(item.token_ids)
         return out
 
-    def _fuses_decode(self, items: list[ScheduledRequest], meta: AttentionMetadata) -> bool:
-        """Whether the layers run in one call of the C kernels: decodes only, no adapter, one
-        rank (the fused layers have no LoRA and no all-reduce inside)."""
-        return (self.kernels == "cpu" and not meta.prefills and get_tp_group().size == 1
-                and all(item.lora_request is None for item in items))
+    def _fuses_decode(self, meta: AttentionMetadata) -> bool:
+        """Whether the layers run in one call of the C kernels: decodes only (adapters
+        included), one rank (the fused layers have no all-reduce inside)."""
+        return self.kernels == "cpu" and not meta.prefills and get_tp_group().size == 1
 
     def _generator(self, item: ScheduledRequest) -> torch.Generator | None:
         seed = item.sampling_params.seed

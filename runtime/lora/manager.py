@@ -96,6 +96,13 @@ class LoRAManager:
             offset += out_features
         return state
 
+    def slot_weights(self, layer: int, parts: tuple[str, ...]) -> list[tuple[torch.Tensor,
+                                                                           torch.Tensor]]:
+        """(lora_a, lora_b) of each projection in `parts` of one layer: the fixed tensors the
+        slots are copied into, for kernels that read them directly (the fused CPU layers)."""
+        return [(self.states[(layer, part)].lora_a, self.states[(layer, part)].lora_b)
+                for part in parts]
+
     # -- adapters ---------------------------------------------------------------------------
 
     def adapter(self, request: LoRARequest) -> LoRAAdapter:

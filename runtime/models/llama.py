@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from infernetes.kernels.cpu.decoder_layer import (
-    DecoderLayerWeights, DecoderStack, decode_batch, decoder_layer_weights, decoder_layers)
+    LORA_PARTS, DecoderLayerWeights, DecoderStack, decode_batch, decoder_layer_weights,
+    decoder_layers)
 from infernetes.runtime.layers.activation import silu_and_mul
 from infernetes.runtime.layers.attention import Attention, AttentionMetadata
 from infernetes.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -77,9 +78,11 @@ class LlamaDecoderLayer(nn.Module):
 
     def fused_weights(self) -> DecoderLayerWeights:
         """The C view of this layer's parameters and KV cache, for the fused decode
-        (kernels/cpu/decoder_layer.py); valid while the cache stays allocated."""
+        (kernels/cpu/decoder_layer.py), with its adapters' slots when LoRA is enabled; valid
+        while the cache stays allocated."""
         key_cache, value_cache = self.self_attn.attn.kv_cache
         attention, mlp = self.self_attn, self.mlp
+        lora = attention.qkv_proj.lora  # a LoRALayerState, or None without adapters
         return decoder_layer_weights(
             input_norm=self.input_layernorm.weight,
             post_norm=self.post_attention_layernorm.weight,
@@ -89,7 +92,8 @@ class LlamaDecoderLayer(nn.Module):
             down_weight=mlp.down_proj.weight, down_bias=mlp.down_proj.bias,
             key_cache=key_cache, value_cache=value_cache, num_heads=attention.num_heads,
             eps=self.input_layernorm.eps, scale=attention.attn.scale,
-            sliding_window=attention.attn.sliding_window)
+            sliding_window=attention.attn.sliding_window,
+            lora=None if lora is None else lora.manager.slot_weights(lora.layer, LORA_PARTS))
 
     def forward(self, rope, hidden, residual, meta):
         if residual is None:
@@ -125,9 +129,11 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta):
         hidden = self.embed_tokens(input_ids)
-        if meta.fused_decode:  # the layers and the final norm in one call
+        if meta.fused_decode:  # the layers, their adapters and the final norm in one call
+            lora = self.layers[0].self_attn.qkv_proj.lora
             batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
-                                 meta.decode_seq_lens, self.rotary.cos_sin)
+                                 meta.decode_seq_lens, self.rotary.cos_sin,
+                                 None if lora is None else lora.manager.token_slots)
             hidden, _ = decoder_layers(self.decoder_stack(), batch, hidden, None,
                                        self.norm.weight, self.norm.eps)
             return hidden

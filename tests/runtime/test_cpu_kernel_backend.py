@@ -3,60 +3,17 @@ torch ops, in half precision (float32 is compared with transformers in test_corr
 how the backend is chosen, and what the runner sends where."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from infernetes.kernels.cpu.decoder_layer import DecoderStack, decode_batch, decoder_layers
 from infernetes.runtime.config import ConfigError, EngineConfig
 from infernetes.runtime.engine.kernel_backend import resolve_kernel_backend
-from infernetes.runtime.engine.model_runner import ModelRunner
 from infernetes.runtime.engine.scheduler_output import ScheduledRequest, SchedulerOutput
-from infernetes.runtime.model_config import ModelArchConfig
 from infernetes.runtime.request import LoRARequest
 from infernetes.runtime.sampling_params import SamplingParams
 
-BLOCK_SIZE = 4
-# Context lengths of the sequences that decode together: one block, a partial block, the
-# sliding window of the tiny Mistral (24) crossed.
-CONTEXTS = [1, 6, 30]
-# Enough sequences that the layers' products take the GEMM (12 rows and more) rather than the
-# row kernel.
-MANY_CONTEXTS = [1, 6, 30, 2, 9, 17, 25, 3, 11, 4, 8, 13, 29, 5]
-
-
-def _runner(folder: str, dtype: torch.dtype, kernels: str) -> ModelRunner:
-    arch = ModelArchConfig.from_folder(Path(folder))
-    runner = ModelRunner(arch, Path(folder), dtype, torch.device("cpu"), 128, BLOCK_SIZE,
-                         kernel_backend=kernels)
-    runner.allocate_kv_cache(160)
-    return runner
-
-
-def _requests(step: str, contexts: list[int] = CONTEXTS) -> list[ScheduledRequest]:
-    """Each sequence's prompt ("prefill") or its next token after the prompt ("decode")."""
-    params = SamplingParams(max_tokens=4)
-    requests, next_block = [], 0
-    for i, length in enumerate(contexts):
-        prompt = [(7 * i + 3 * p) % 300 + 1 for p in range(length)]
-        blocks = list(range(next_block, next_block + length // BLOCK_SIZE + 1))
-        next_block = blocks[-1] + 1
-        if step == "prefill":
-            requests.append(ScheduledRequest(f"r{i}", prompt, 0, blocks, False, params, prompt,
-                                             []))
-        else:
-            requests.append(ScheduledRequest(f"r{i}", [5 + i], length, blocks, True, params,
-                                             prompt, [5 + i]))
-    return requests
-
-
-def _decode_hidden(runner: ModelRunner, fused: bool, contexts: list[int]) -> torch.Tensor:
-    runner.execute_model(SchedulerOutput(_requests("prefill", contexts), sum(contexts)))
-    input_ids, positions, meta, _ = runner._prepare(_requests("decode", contexts))
-    meta.fused_decode = fused
-    with torch.inference_mode():
-        return runner.model(input_ids, positions, meta)
+from cpu_steps import CONTEXTS, MANY_CONTEXTS, decode_hidden, make_runner, requests_for
 
 
 # One sequence alone: its attention splits by query head rather than by KV head.
@@ -64,10 +21,10 @@ def _decode_hidden(runner: ModelRunner, fused: bool, contexts: list[int]) -> tor
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
 def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype, contexts):
-    torch_hidden = _decode_hidden(_runner(tiny_models[name], dtype, "torch"), False, contexts)
-    runner = _runner(tiny_models[name], dtype, "cpu")
-    fused = _decode_hidden(runner, True, contexts)
-    one_op_at_a_time = _decode_hidden(runner, False, contexts)
+    torch_hidden = decode_hidden(make_runner(tiny_models[name], dtype, "torch"), False, contexts)
+    runner = make_runner(tiny_models[name], dtype, "cpu")
+    fused = decode_hidden(runner, True, contexts)
+    one_op_at_a_time = decode_hidden(runner, False, contexts)
     scale = torch_hidden.abs().max().item()
     # Two layers of half-precision roundings, summed in another order: a few ulps apart.
     tolerance = dict(atol=0.03 * scale, rtol=0.03)
@@ -79,9 +36,9 @@ def test_fused_decode_layers_match_torch_ops(tiny_models, name, dtype, contexts)
 def test_a_stack_split_in_two_continues_from_the_residual(tiny_models):
     """The model's layers in one call equal its first layers, then the rest fed the first
     part's output and residual (the path where a stack does not start at layer 0)."""
-    runner = _runner(tiny_models["llama"], torch.bfloat16, "cpu")
-    runner.execute_model(SchedulerOutput(_requests("prefill"), sum(CONTEXTS)))
-    input_ids, positions, meta, _ = runner._prepare(_requests("decode"))
+    runner = make_runner(tiny_models["llama"], torch.bfloat16, "cpu")
+    runner.execute_model(SchedulerOutput(requests_for("prefill"), sum(CONTEXTS)))
+    input_ids, positions, meta, _ = runner._prepare(requests_for("decode"))
     model = runner.model.model
     batch = decode_batch(positions, meta.slot_mapping, meta.decode_block_tables,
                          meta.decode_seq_lens, model.rotary.cos_sin)
@@ -107,11 +64,11 @@ def test_a_stack_split_in_two_continues_from_the_residual(tiny_models):
 
 
 def test_a_decoder_stack_checks_its_layers(tiny_models):
-    runner = _runner(tiny_models["llama"], torch.bfloat16, "cpu")
+    runner = make_runner(tiny_models["llama"], torch.bfloat16, "cpu")
     layers = [layer.fused_weights() for layer in runner.model.model.layers]
     with pytest.raises(ValueError, match="at least one layer"):
         DecoderStack([])
-    other = _runner(tiny_models["llama"], torch.float16, "cpu").model.model.layers[0]
+    other = make_runner(tiny_models["llama"], torch.float16, "cpu").model.model.layers[0]
     with pytest.raises(ValueError, match="layer 1: torch.float16"):
         DecoderStack([layers[0], other.fused_weights()])
     stack = DecoderStack(layers)
@@ -126,20 +83,22 @@ def test_a_decoder_stack_checks_its_layers(tiny_models):
                        torch.ones(stack.hidden + 1, dtype=torch.bfloat16), 1e-5)
 
 
-def test_runner_fuses_only_plain_decode_batches(tiny_models):
-    runner = _runner(tiny_models["llama"], torch.float32, "cpu")
-    decode = _requests("decode")
+def test_runner_fuses_every_decode_batch_on_one_rank(tiny_models):
+    runner = make_runner(tiny_models["llama"], torch.float32, "cpu")
+    decode = requests_for("decode")
     _, _, meta, _ = runner._prepare(decode)
-    assert runner._fuses_decode(decode, meta)
-    prefill = _requests("prefill")
+    assert runner._fuses_decode(meta)
+    prefill = requests_for("prefill")
     _, _, meta, _ = runner._prepare(prefill)
-    assert not runner._fuses_decode(prefill, meta)
+    assert not runner._fuses_decode(meta)
     many = [ScheduledRequest(f"m{i}", [1], 1, [0], True, SamplingParams(), [1], [1])
             for i in range(40)]
-    _, _, meta, _ = runner._prepare(many)
-    assert runner._fuses_decode(many, meta)  # large batches too: the GEMM takes them
     many[7].lora_request = LoRARequest("adapter", 1)
-    assert not runner._fuses_decode(many, meta)  # the fused layers have no LoRA
+    _, _, meta, _ = runner._prepare(many)
+    assert runner._fuses_decode(meta)  # large batches and adapters too
+    torch_ops = make_runner(tiny_models["llama"], torch.float32, "torch")
+    _, _, meta, _ = torch_ops._prepare(decode)
+    assert not torch_ops._fuses_decode(meta)
 
 
 def test_backend_choice():

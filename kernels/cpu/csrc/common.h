@@ -17,8 +17,9 @@
 #define IFN_AVX2 1
 #endif
 
-/* Element types, as the Python launchers pass them. */
-enum { IFN_F32 = 0, IFN_BF16 = 1, IFN_F16 = 2 };
+/* Element types, as the Python launchers pass them. IFN_F32_UNROUNDED, only as the output
+ * type of a product (ifn_linear_rows): fp32 values not rounded to the weights' dtype. */
+enum { IFN_F32 = 0, IFN_BF16 = 1, IFN_F16 = 2, IFN_F32_UNROUNDED = 3 };
 
 static inline float ifn_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;

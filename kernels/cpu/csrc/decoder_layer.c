@@ -11,6 +11,11 @@
  *   q, k, v = qkv_proj(h); rotate q, k; store k, v; a = attention(q, cache); o = o_proj(a)
  *   h, residual = post_norm(o + residual);  out = down_proj(silu(gate) * up), gate|up = gate_up(h)
  * Activations live in fp32 buffers holding values rounded to the model's dtype.
+ *
+ * With adapters (batch->token_slots set, the layer's LoRA slots given), every projection adds
+ * its tokens' adapters after its base product (lora.c, as kernels/lora.py; the tokens grouped
+ * by slot once per call): the shrink of the projection's input shared by the threads (one
+ * barrier), the expand by each thread over the output columns it has just computed.
  */
 #include <stdlib.h>
 #include <omp.h>
@@ -25,17 +30,24 @@ struct ifn_decoder_layer {
     const void *input_norm, *post_norm, *qkv_weight, *qkv_bias, *o_weight, *o_bias;
     const void *gate_up_weight, *gate_up_bias, *down_weight, *down_bias;
     void *key_cache, *value_cache;
+    /* LoRA slot weights of q, k, v, o, gate, up, down (lora.c's a and b), zero-padded to
+     * lora_rank; lora_rank 0 when the engine has no adapters. */
+    int64_t lora_rank;
+    const void *lora_a[7], *lora_b[7];
 };
+
+enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN };
 
 struct ifn_decode_batch {
     int64_t num_tokens, max_blocks;
     const int64_t *positions, *slot_mapping, *block_tables, *seq_lens;
     const float *cos_sin; /* [max_position, head_dim]: cos half, sin half */
+    const int32_t *token_slots; /* [num_tokens] adapter slots, -1 the base; NULL: none */
 };
 
 /* Activation buffers of one layer, carved from one allocation. */
 struct layer_buffers {
-    float *x, *sum, *normed, *o, *qkv, *attn, *gate_up, *act, *scores;
+    float *x, *sum, *normed, *o, *qkv, *attn, *gate_up, *act, *lora_y, *scores;
     int64_t *rows;
 };
 
@@ -44,7 +56,8 @@ static size_t layer_floats(const struct ifn_decoder_layer *layer, int64_t m, int
     const int64_t h = layer->hidden, q_width = layer->num_heads * layer->head_dim;
     const int64_t qkv_width = q_width + 2 * layer->num_kv_heads * layer->head_dim;
     const int64_t group = layer->num_heads / layer->num_kv_heads;
-    return (size_t)(m * (4 * h + qkv_width + q_width + 3 * layer->intermediate)) +
+    return (size_t)(m * (4 * h + qkv_width + q_width + 3 * layer->intermediate +
+                         3 * layer->lora_rank)) +
            (size_t)num_threads * (size_t)(group * longest) + 1;
 }
 
@@ -62,7 +75,8 @@ static struct layer_buffers carve(const struct ifn_decoder_layer *layer, int64_t
     b.attn = b.qkv + m * qkv_width;
     b.gate_up = b.attn + m * q_width;
     b.act = b.gate_up + m * 2 * layer->intermediate;
-    b.scores = b.act + m * layer->intermediate;
+    b.lora_y = b.act + m * layer->intermediate;
+    b.scores = b.lora_y + m * 3 * layer->lora_rank;
     return b;
 }
 
@@ -70,8 +84,9 @@ static struct layer_buffers carve(const struct ifn_decoder_layer *layer, int64_t
  * orphaned: it binds to that region). hidden may be `out` itself: it is read, into b->x, before
  * anything is written to out. */
 static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_decode_batch *batch,
-                      const struct layer_buffers *b, int64_t longest, const void *hidden,
-                      void *residual, void *out, int first_layer, int dtype) {
+                      const struct ifn_lora_batch *lora, const struct layer_buffers *b,
+                      int64_t longest, const void *hidden, void *residual, void *out,
+                      int first_layer, int dtype) {
     const int64_t m = batch->num_tokens, h = layer->hidden, d = layer->head_dim;
     const int64_t q_width = layer->num_heads * d, kv_width = layer->num_kv_heads * d;
     const int64_t qkv_width = q_width + 2 * kv_width, inter = layer->intermediate;
@@ -81,6 +96,17 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
     float *x = b->x, *sum = b->sum, *normed = b->normed, *o = b->o, *qkv = b->qkv;
     float *attn = b->attn, *gate_up = b->gate_up, *act = b->act;
     int64_t first, last;
+    /* The adapters' parts of each projection, at their columns of its output. */
+    const void *const *la = layer->lora_a, *const *lb = layer->lora_b;
+    const struct ifn_lora_target lora_qkv[3] = {
+        {la[LORA_Q], lb[LORA_Q], h, q_width, 0},
+        {la[LORA_K], lb[LORA_K], h, kv_width, q_width},
+        {la[LORA_V], lb[LORA_V], h, kv_width, q_width + kv_width}};
+    const struct ifn_lora_target lora_o = {la[LORA_O], lb[LORA_O], q_width, h, 0};
+    const struct ifn_lora_target lora_gate_up[2] = {
+        {la[LORA_GATE], lb[LORA_GATE], h, inter, 0},
+        {la[LORA_UP], lb[LORA_UP], h, inter, inter}};
+    const struct ifn_lora_target lora_down = {la[LORA_DOWN], lb[LORA_DOWN], inter, h, 0};
 #pragma omp single
     {
         ifn_widen(hidden, x, m * h, dtype);
@@ -93,9 +119,13 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
             ifn_rms_norm_row(x + t * h, first_layer ? NULL : sum + t * h, layer->input_norm,
                              normed + t * h, h, layer->eps, dtype);
     }
+    if (lora) ifn_lora_shrink(lora_qkv, 3, normed, lora, b->lora_y, dtype);
     ifn_thread_range(qkv_width, thread, threads, &first, &last);
     ifn_linear_rows(normed, m, h, layer->qkv_weight, layer->qkv_bias, qkv, qkv_width, IFN_F32,
                     first, last, dtype);
+    if (lora)
+        ifn_lora_expand(lora_qkv, 3, b->lora_y, lora, qkv, qkv_width, IFN_F32, first, last,
+                        dtype);
 #pragma omp barrier
 #pragma omp single
     for (int64_t t = 0; t < m; t++) {
@@ -129,9 +159,11 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
             window > 0 && len > window ? len - window : 0, len, kv, layer->num_kv_heads, d,
             layer->block_size, layer->scale, dtype);
     }
+    if (lora) ifn_lora_shrink(&lora_o, 1, attn, lora, b->lora_y, dtype);
     ifn_thread_range(h, thread, threads, &first, &last);
     ifn_linear_rows(attn, m, q_width, layer->o_weight, layer->o_bias, o, h, IFN_F32, first, last,
                     dtype);
+    if (lora) ifn_lora_expand(&lora_o, 1, b->lora_y, lora, o, h, IFN_F32, first, last, dtype);
 #pragma omp barrier
 #pragma omp single
     {
@@ -142,19 +174,28 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
     }
     /* Each thread the gate rows and the up rows of one span, then that span's SiLU-and-mul:
      * both halves are its own, so no barrier between. */
+    if (lora) ifn_lora_shrink(lora_gate_up, 2, normed, lora, b->lora_y, dtype);
     ifn_thread_range(inter, thread, threads, &first, &last);
     ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up, 2 * inter,
                     IFN_F32, first, last, dtype);
     ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up, 2 * inter,
                     IFN_F32, inter + first, inter + last, dtype);
+    if (lora) {
+        ifn_lora_expand(lora_gate_up, 2, b->lora_y, lora, gate_up, 2 * inter, IFN_F32, first,
+                        last, dtype);
+        ifn_lora_expand(lora_gate_up, 2, b->lora_y, lora, gate_up, 2 * inter, IFN_F32,
+                        inter + first, inter + last, dtype);
+    }
     for (int64_t t = 0; t < m; t++)
         ifn_silu_and_mul_span(gate_up + t * 2 * inter + first,
                               gate_up + t * 2 * inter + inter + first, act + t * inter + first,
                               last - first, dtype);
 #pragma omp barrier
+    if (lora) ifn_lora_shrink(&lora_down, 1, act, lora, b->lora_y, dtype);
     ifn_thread_range(h, thread, threads, &first, &last);
     ifn_linear_rows(act, m, inter, layer->down_weight, layer->down_bias, out, h, dtype, first,
                     last, dtype);
+    if (lora) ifn_lora_expand(&lora_down, 1, b->lora_y, lora, out, h, dtype, first, last, dtype);
 }
 
 /* out = norm(out + residual), residual = out + residual, as LlamaModel.forward ends. */
@@ -192,6 +233,32 @@ int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layer
     int64_t *rows = malloc(scratch * sizeof(int64_t) + floats * sizeof(float));
     if (rows == NULL) return -1;
     float *buffer = (float *)(rows + scratch);
+    /* The batch's adapters: its tokens grouped by slot, and per thread the rows of a chunk. */
+    struct ifn_lora_batch lora = {0};
+    void *lora_memory = NULL;
+    if (batch->token_slots != NULL && num_layers > 0 && layers[0].lora_rank > 0) {
+        for (int64_t i = 0; i < num_layers; i++) {
+            const struct ifn_decoder_layer *l = &layers[i];
+            int64_t widest = l->hidden > l->intermediate ? l->hidden : l->intermediate;
+            widest = l->num_heads * l->head_dim > widest ? l->num_heads * l->head_dim : widest;
+            lora.scratch_floats = widest > lora.scratch_floats ? widest : lora.scratch_floats;
+        }
+        lora.scratch_floats *= IFN_LORA_CHUNK;
+        lora_memory = malloc((size_t)(3 * m + 1) * sizeof(int64_t) +
+                             (size_t)num_threads * (size_t)lora.scratch_floats * sizeof(float));
+        if (lora_memory == NULL) {
+            free(rows);
+            return -1;
+        }
+        lora.order = lora_memory;
+        lora.first = lora.order + m;
+        lora.slot = (int32_t *)(lora.first + m + 1);
+        lora.scratch = (float *)(lora.first + 2 * m + 1);
+        lora.rank = layers[0].lora_rank;
+        lora.num_chunks = ifn_lora_plan(batch->token_slots, m, lora.order, lora.first,
+                                        lora.slot, &lora.num_tokens);
+    }
+    const struct ifn_lora_batch *adapters = lora.num_chunks > 0 ? &lora : NULL;
 
 #pragma omp parallel num_threads(num_threads)
     for (int64_t i = 0; i < num_layers; i++) {
@@ -199,14 +266,15 @@ int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layer
         if (i > 0) {
 #pragma omp barrier
         }
-        run_layer(&layers[i], batch, &b, longest, i == 0 ? hidden : out, residual, out,
-                  first_layer && i == 0, dtype);
+        run_layer(&layers[i], batch, adapters, &b, longest, i == 0 ? hidden : out, residual,
+                  out, first_layer && i == 0, dtype);
         if (final_norm != NULL && i == num_layers - 1) {
 #pragma omp barrier
 #pragma omp single
             final_rms_norm(&b, m, layers[i].hidden, final_norm, final_eps, residual, out, dtype);
         }
     }
+    free(lora_memory);
     free(rows);
     return 0;
 }

@@ -118,6 +118,7 @@ static void block_rows(const float *x, int64_t ldx, const float *panel, int64_t 
  * vectors (scattered scalar stores cost as much as the products at these sizes). */
 static void store_row(const float *c, const float *bias, int nr, void *y, int64_t at,
                       int y_dtype, int dtype) {
+    if (y_dtype == IFN_F32_UNROUNDED) y_dtype = dtype = IFN_F32; /* dtype: only rounds here */
 #ifdef IFN_AVX2
     if (nr == NR) {
         __m256 v0 = ifn_round8(_mm256_add_ps(_mm256_loadu_ps(c), _mm256_loadu_ps(bias)), dtype);

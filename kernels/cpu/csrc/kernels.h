@@ -7,7 +7,8 @@
 #include <stdint.h>
 
 /* y[i, row] = dot(w[row], xf[i]) + bias[row], rounded to dtype, for rows [first, last) and
- * i < m; y is fp32 (y_dtype IFN_F32) or the model's dtype, with row stride y_stride. */
+ * i < m; y is fp32 (y_dtype IFN_F32; IFN_F32_UNROUNDED: not rounded) or the model's dtype,
+ * with row stride y_stride. */
 void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const void *bias,
                      void *y, int64_t y_stride, int y_dtype, int64_t first, int64_t last,
                      int dtype);
@@ -38,5 +39,42 @@ void ifn_decode_attention_group(const float *q, float *out, float *scores, int64
                                 const int64_t *block_table, int64_t first, int64_t len,
                                 int64_t kv_head, int64_t num_kv_heads, int64_t head_dim,
                                 int64_t block_size, float scale, int dtype);
+
+/* One projection's adapter slots (kernels/lora.py's layout, scaling folded into B):
+ * a [num_slots, rank, in], b [num_slots, out, rank], in the model's dtype; its columns
+ * [column_offset, column_offset + out) of a merged output (q, k, v of qkv; gate, up). */
+struct ifn_lora_target {
+    const void *a, *b;
+    int64_t in, out, column_offset;
+};
+
+/* One decode batch's tokens with an adapter, grouped by slot (ifn_lora_plan): order[first[c]
+ * .. first[c + 1]) are the tokens of chunk c, at most IFN_LORA_CHUNK of one slot, slot[c]. */
+#define IFN_LORA_CHUNK 48
+struct ifn_lora_batch {
+    int64_t rank, num_tokens, num_chunks;
+    int64_t *order, *first;
+    int32_t *slot;
+    float *scratch; /* per thread, scratch_floats: IFN_LORA_CHUNK rows of the widest feature */
+    int64_t scratch_floats;
+};
+
+/* Fills order, first and slot ([m], [m + 1], [m]) from token_slots ([m], -1: the base model);
+ * tokens keep their order within a slot. Returns the number of chunks. */
+int64_t ifn_lora_plan(const int32_t *token_slots, int64_t m, int64_t *order, int64_t *first,
+                      int32_t *slot, int64_t *num_tokens);
+
+/* y[p, i] = x[order[i]] @ a_p[slot].T (fp32, not rounded; y: [num_parts, num_tokens, rank])
+ * for every planned token i; shared by the threads of the enclosing parallel region (ends
+ * with its barrier). x: [m, in] rows. */
+void ifn_lora_shrink(const struct ifn_lora_target *parts, int num_parts, const float *x,
+                     const struct ifn_lora_batch *batch, float *y, int dtype);
+
+/* out[t, c] = round(out[t, c] + round((y[p, i] @ b_p[slot].T)[c - offset_p])), t = order[i],
+ * for this thread's columns c in [first, last) of every part p; out has row stride out_stride
+ * and holds fp32 (values rounded to dtype) or the model's dtype (out_dtype). */
+void ifn_lora_expand(const struct ifn_lora_target *parts, int num_parts, const float *y,
+                     const struct ifn_lora_batch *batch, void *out, int64_t out_stride,
+                     int out_dtype, int64_t first, int64_t last, int dtype);
 
 #endif

@@ -112,6 +112,8 @@ void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const
         return;
     }
     const char *pf_end = (const char *)w + (size_t)(last * k) * ifn_elem_size(dtype);
+    const int round_dtype = y_dtype == IFN_F32_UNROUNDED ? IFN_F32 : dtype;
+    if (y_dtype == IFN_F32_UNROUNDED) y_dtype = IFN_F32;
     for (int64_t row = first; row < last; row++) {
         float bias_row = bias ? ifn_load(bias, row, dtype) : 0.0f;
         for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS_X) {
@@ -119,8 +121,8 @@ void ifn_linear_rows(const float *xf, int64_t m, int64_t k, const void *w, const
             float out[MAX_ROWS_X];
             row_dot(w, row, k, xf + i0 * k, mb, out, pf_end, dtype);
             for (int i = 0; i < mb; i++)
-                ifn_store(y, (i0 + i) * y_stride + row, ifn_round(out[i] + bias_row, dtype),
-                          y_dtype);
+                ifn_store(y, (i0 + i) * y_stride + row,
+                          ifn_round(out[i] + bias_row, round_dtype), y_dtype);
         }
     }
 }
