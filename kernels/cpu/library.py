@@ -35,6 +35,7 @@ SIGNATURES = {
     "ifn_decode_attention": ((_P, _I64, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64,
                               _I64, _F32, _I32, _I32), _I32),
     "ifn_decoder_layers": ((_P, _I64, _P, _P, _P, _P, _I32, _P, _F32, _I32, _I32), _I32),
+    "ifn_lora_apply": ((_P, _I64, _P, _I64, _P, _I32, _P, _I64, _I64, _I32, _I32), _I32),
 }
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

@@ -70,7 +70,7 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
         self.lora = None if lora is None else LoRAManager(
             self.model, arch, lora.max_loras, lora.max_lora_rank,
-            lora.max_cpu_loras or lora.max_loras, dtype, device, self.use_triton)
+            lora.max_cpu_loras or lora.max_loras, dtype, device, self.kernels)
 
     @property
     def use_triton(self) -> bool:

@@ -46,6 +46,11 @@ class LoRALayerState:
         token_slots = self.manager.token_slots
         if token_slots is None:
             return
+        if self.manager.kernels == "cpu":  # every part in one call of the C kernels
+            from infernetes.kernels.cpu.lora import apply_lora_parts
+            apply_lora_parts(x, out, [(part.lora_a, part.lora_b, part.column_offset)
+                                      for part in self.parts], token_slots)
+            return
         apply_lora = self.manager.apply_lora
         for part in self.parts:
             apply_lora(x, out, part.lora_a, part.lora_b, token_slots, part.column_offset)
@@ -54,11 +59,14 @@ class LoRALayerState:
 class LoRAManager:
     def __init__(self, model: torch.nn.Module, arch: ModelArchConfig, max_loras: int,
                  max_rank: int, max_cpu_loras: int, dtype: torch.dtype, device: torch.device,
-                 use_triton: bool = False):
+                 kernels: str = "torch"):
         self.arch, self.max_rank, self.dtype = arch, max_rank, dtype
-        # The kernels every layer calls: Triton's on GPUs (no host sync, so a decode step with
-        # adapters can be captured in a CUDA graph), torch's elsewhere. Same semantics.
-        if use_triton:
+        # The kernels every layer calls, as the model's (kernel_backend.py): Triton's on GPUs
+        # (no host sync, so a decode step with adapters can be captured in a CUDA graph), the
+        # C kernels' on "cpu" (all parts of a projection in one call; the fused decode layers
+        # read the slots themselves), torch's otherwise. Same semantics.
+        self.kernels = kernels
+        if kernels == "triton":
             from infernetes.kernels.triton.lora import apply_lora
         else:
             from infernetes.kernels.lora import apply_lora

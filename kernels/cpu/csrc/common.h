@@ -161,6 +161,24 @@ static inline __m256 ifn_exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
 
+/* 8 lanes stored as elements i..i+7 of a tensor of type `dtype`, rounded to nearest even. */
+static inline void ifn_store8(void *p, int64_t i, __m256 v, int dtype) {
+    switch (dtype) {
+    case IFN_BF16: { /* the top halves of the values rounded to bf16 */
+        __m256i top = _mm256_srli_epi32(_mm256_castps_si256(ifn_round8(v, IFN_BF16)), 16);
+        _mm_storeu_si128((__m128i *)((uint16_t *)p + i),
+                         _mm_packus_epi32(_mm256_castsi256_si128(top),
+                                          _mm256_extracti128_si256(top, 1)));
+        break;
+    }
+    case IFN_F16:
+        _mm_storeu_si128((__m128i *)((uint16_t *)p + i),
+                         _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+        break;
+    default: _mm256_storeu_ps((float *)p + i, v);
+    }
+}
+
 static inline float ifn_hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -190,7 +208,11 @@ static inline void ifn_widen(const void *p, float *f, int64_t n, int dtype) {
 
 /* n fp32 values, stored into p as `dtype`. */
 static inline void ifn_narrow(const float *f, void *p, int64_t n, int dtype) {
-    for (int64_t i = 0; i < n; i++) ifn_store(p, i, f[i], dtype);
+    int64_t i = 0;
+#ifdef IFN_AVX2
+    for (; i + 8 <= n; i += 8) ifn_store8(p, i, _mm256_loadu_ps(f + i), dtype);
+#endif
+    for (; i < n; i++) ifn_store(p, i, f[i], dtype);
 }
 
 static inline size_t ifn_elem_size(int dtype) { return dtype == IFN_F32 ? 4 : 2; }

@@ -119,7 +119,7 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
             ifn_rms_norm_row(x + t * h, first_layer ? NULL : sum + t * h, layer->input_norm,
                              normed + t * h, h, layer->eps, dtype);
     }
-    if (lora) ifn_lora_shrink(lora_qkv, 3, normed, lora, b->lora_y, dtype);
+    if (lora) ifn_lora_shrink(lora_qkv, 3, normed, h, IFN_F32, lora, b->lora_y, dtype);
     ifn_thread_range(qkv_width, thread, threads, &first, &last);
     ifn_linear_rows(normed, m, h, layer->qkv_weight, layer->qkv_bias, qkv, qkv_width, IFN_F32,
                     first, last, dtype);
@@ -159,7 +159,7 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
             window > 0 && len > window ? len - window : 0, len, kv, layer->num_kv_heads, d,
             layer->block_size, layer->scale, dtype);
     }
-    if (lora) ifn_lora_shrink(&lora_o, 1, attn, lora, b->lora_y, dtype);
+    if (lora) ifn_lora_shrink(&lora_o, 1, attn, q_width, IFN_F32, lora, b->lora_y, dtype);
     ifn_thread_range(h, thread, threads, &first, &last);
     ifn_linear_rows(attn, m, q_width, layer->o_weight, layer->o_bias, o, h, IFN_F32, first, last,
                     dtype);
@@ -174,7 +174,7 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
     }
     /* Each thread the gate rows and the up rows of one span, then that span's SiLU-and-mul:
      * both halves are its own, so no barrier between. */
-    if (lora) ifn_lora_shrink(lora_gate_up, 2, normed, lora, b->lora_y, dtype);
+    if (lora) ifn_lora_shrink(lora_gate_up, 2, normed, h, IFN_F32, lora, b->lora_y, dtype);
     ifn_thread_range(inter, thread, threads, &first, &last);
     ifn_linear_rows(normed, m, h, layer->gate_up_weight, layer->gate_up_bias, gate_up, 2 * inter,
                     IFN_F32, first, last, dtype);
@@ -191,7 +191,8 @@ static void run_layer(const struct ifn_decoder_layer *layer, const struct ifn_de
                               gate_up + t * 2 * inter + inter + first, act + t * inter + first,
                               last - first, dtype);
 #pragma omp barrier
-    if (lora) ifn_lora_shrink(&lora_down, 1, act, lora, b->lora_y, dtype);
+    if (lora) ifn_lora_shrink(&lora_down, 1, act, inter, IFN_F32, lora, b->lora_y,
+                              dtype);
     ifn_thread_range(h, thread, threads, &first, &last);
     ifn_linear_rows(act, m, inter, layer->down_weight, layer->down_bias, out, h, dtype, first,
                     last, dtype);

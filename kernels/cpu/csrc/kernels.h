@@ -66,9 +66,11 @@ int64_t ifn_lora_plan(const int32_t *token_slots, int64_t m, int64_t *order, int
 
 /* y[p, i] = x[order[i]] @ a_p[slot].T (fp32, not rounded; y: [num_parts, num_tokens, rank])
  * for every planned token i; shared by the threads of the enclosing parallel region (ends
- * with its barrier). x: [m, in] rows. */
-void ifn_lora_shrink(const struct ifn_lora_target *parts, int num_parts, const float *x,
-                     const struct ifn_lora_batch *batch, float *y, int dtype);
+ * with its barrier). x: rows of `in` elements of x_dtype (fp32 or the model's), row stride
+ * x_stride. */
+void ifn_lora_shrink(const struct ifn_lora_target *parts, int num_parts, const void *x,
+                     int64_t x_stride, int x_dtype, const struct ifn_lora_batch *batch, float *y,
+                     int dtype);
 
 /* out[t, c] = round(out[t, c] + round((y[p, i] @ b_p[slot].T)[c - offset_p])), t = order[i],
  * for this thread's columns c in [first, last) of every part p; out has row stride out_stride
