@@ -244,7 +244,7 @@ int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layer
             widest = l->num_heads * l->head_dim > widest ? l->num_heads * l->head_dim : widest;
             lora.scratch_floats = widest > lora.scratch_floats ? widest : lora.scratch_floats;
         }
-        lora.scratch_floats *= IFN_LORA_CHUNK;
+        lora.scratch_floats *= m < IFN_LORA_CHUNK ? m : IFN_LORA_CHUNK; /* rows of a chunk */
         lora_memory = malloc((size_t)(3 * m + 1) * sizeof(int64_t) +
                              (size_t)num_threads * (size_t)lora.scratch_floats * sizeof(float));
         if (lora_memory == NULL) {

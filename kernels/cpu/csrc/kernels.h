@@ -55,7 +55,7 @@ struct ifn_lora_batch {
     int64_t rank, num_tokens, num_chunks;
     int64_t *order, *first;
     int32_t *slot;
-    float *scratch; /* per thread, scratch_floats: IFN_LORA_CHUNK rows of the widest feature */
+    float *scratch; /* per thread, scratch_floats: a chunk's rows of the widest feature */
     int64_t scratch_floats;
 };
 

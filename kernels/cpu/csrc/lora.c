@@ -5,13 +5,16 @@
  * Tokens of slot -1 are left as they were.
  *
  * The tokens are grouped by slot once per step (ifn_lora_plan), so that each product covers
- * a chunk of tokens sharing one adapter, through the packed GEMM (gemm.c) whatever the chunk's
- * size: an adapter's matrices are small and stay in cache, so packing them costs little. One
- * matrix-vector product per token made a 64-sequence SmolLM2 decode step with one adapter 60%
- * slower than without (305 vs 190 ms: a rank-16 expand is a dot of 16 per output column, where
- * the horizontal sums cost more than the multiplies); by chunks, 5-10%. The row kernel
- * (linear.c) for chunks under 12 tokens left 8 adapters over 64 sequences at 233 ms against
- * 217 with the GEMM (one run each). */
+ * a chunk of tokens sharing one adapter. The expand always goes through the packed GEMM
+ * (gemm.c): an adapter's matrices are small and stay in cache, so packing them costs little,
+ * while the row kernel pays a horizontal sum per output column for a dot of only `rank`
+ * elements. One matrix-vector product per token made a 64-sequence SmolLM2 decode step with
+ * one adapter 60% slower than without (305 vs 190 ms); by chunks, 5-10%; the row kernel for
+ * chunks under 12 tokens left 8 adapters over 64 sequences at 233 ms against 217 with the GEMM
+ * (one run each). The shrink, a dot over the input features per rank row, takes the row
+ * kernel below 12 tokens (linear.c: 4 FMA chains for one token where a 1-row GEMM block has
+ * 2): a lone sequence's fused decode call with its adapter took 1.13x the call without it,
+ * against 1.19x with the GEMM (medians of 3 alternating process pairs, noisy). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <omp.h>
@@ -62,7 +65,7 @@ void ifn_lora_shrink(const struct ifn_lora_target *parts, int num_parts, const v
             ifn_widen((const char *)x + (size_t)(batch->order[start + i] * x_stride) * x_elem,
                       rows + i * part->in, part->in, x_dtype);
         float *y_part = y + ((task % num_parts) * batch->num_tokens + start) * rank;
-        ifn_gemm_rows(rows, count, part->in,
+        ifn_linear_rows(rows, count, part->in,
                       slot_matrix(part->a, batch->slot[chunk], rank, part->in, dtype), NULL,
                       y_part, rank, IFN_F32_UNROUNDED, 0, rank, dtype);
     }
@@ -126,7 +129,8 @@ int ifn_lora_apply(const void *x, int64_t x_stride, void *out, int64_t out_strid
         hi = parts[p].column_offset + parts[p].out > hi ? parts[p].column_offset + parts[p].out
                                                         : hi;
     }
-    struct ifn_lora_batch batch = {.rank = rank, .scratch_floats = IFN_LORA_CHUNK * widest};
+    struct ifn_lora_batch batch = {
+        .rank = rank, .scratch_floats = (m < IFN_LORA_CHUNK ? m : IFN_LORA_CHUNK) * widest};
     void *memory = malloc((size_t)(3 * m + 1) * sizeof(int64_t) +
                           (size_t)(num_parts * m * rank) * sizeof(float) +
                           (size_t)num_threads * (size_t)batch.scratch_floats * sizeof(float));
