@@ -73,10 +73,7 @@ def slot_groups(token_slots: torch.Tensor, num_slots: int) -> SlotGroups:
         return []
     order = np.argsort(slots, kind="stable")  # stable: each slot's rows stay ascending
     sorted_slots = slots[order]
-    lowest, highest = int(sorted_slots[0]), int(sorted_slots[-1])
-    if lowest < -1 or highest >= num_slots:
-        raise ValueError(f"token_slots: values must lie in [-1, num_slots={num_slots}), got "
-                         f"{lowest}..{highest}")
+    check_slot_range(int(sorted_slots[0]), int(sorted_slots[-1]), num_slots)
     bounds = (np.flatnonzero(sorted_slots[1:] != sorted_slots[:-1]) + 1).tolist()
     groups: SlotGroups = []
     for start, end in zip([0, *bounds], [*bounds, slots.size]):
@@ -182,6 +179,14 @@ def _check_base_and_lora_b(base: torch.Tensor, lora_b: torch.Tensor, token_slots
             column_offset < 0 or column_offset + out_features > total_out:
         raise ValueError(f"column_offset: expected an int in [0, total_out - out_features = "
                          f"{total_out - out_features}], got {column_offset!r}")
+
+
+def check_slot_range(lowest: int, highest: int, num_slots: int) -> None:
+    """ValueError naming token_slots unless its values, lowest..highest, lie in
+    [-1, num_slots)."""
+    if lowest < -1 or highest >= num_slots:
+        raise ValueError(f"token_slots: values must lie in [-1, num_slots={num_slots}), got "
+                         f"{lowest}..{highest}")
 
 
 def _check_like(name: str, tensor: torch.Tensor, dtype: torch.dtype,

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from infernetes.kernels.cpu.launch import check_int64, dtype_code, num_threads
 from infernetes.kernels.cpu.library import library
+from infernetes.kernels.lora import check_slot_range
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
@@ -207,11 +208,8 @@ def decoder_layers(stack: DecoderStack, batch: DecodeBatch, hidden: torch.Tensor
                          f"{hidden.dtype} {tuple(hidden.shape)}")
     if batch.head_dim != stack.head_dim:
         raise ValueError(f"cos_sin: rows of {batch.head_dim}, heads of {stack.head_dim}")
-    if batch.slot_range is not None:
-        lowest, highest = batch.slot_range
-        if lowest < -1 or highest >= stack.lora_slots:
-            raise ValueError(f"token_slots: values must lie in [-1, {stack.lora_slots}) (the "
-                             f"layers' LoRA slots), got {lowest}..{highest}")
+    if batch.slot_range is not None:  # num_slots: the layers' LoRA slots (0: no adapters)
+        check_slot_range(*batch.slot_range, stack.lora_slots)
     first_layer = residual is None
     if first_layer:
         residual = torch.empty_like(hidden)

@@ -13,7 +13,7 @@ import torch
 
 from infernetes.kernels.cpu.launch import dtype_code, num_threads
 from infernetes.kernels.cpu.library import library
-from infernetes.kernels.lora import check_apply_args
+from infernetes.kernels.lora import check_apply_args, check_slot_range
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
@@ -54,11 +54,7 @@ def apply_lora_parts(x: torch.Tensor, base: torch.Tensor, parts: Sequence[LoRAPa
     num_tokens = x.shape[0]
     if not parts or num_tokens == 0:
         return
-    num_slots = parts[0][0].shape[0]
-    lowest, highest = int(token_slots.min()), int(token_slots.max())
-    if lowest < -1 or highest >= num_slots:
-        raise ValueError(f"token_slots: values must lie in [-1, num_slots={num_slots}), got "
-                         f"{lowest}..{highest}")
+    check_slot_range(int(token_slots.min()), int(token_slots.max()), parts[0][0].shape[0])
     targets = (LoRATarget * len(parts))(*(
         LoRATarget(a.data_ptr(), b.data_ptr(), a.shape[2], b.shape[1], offset)
         for a, b, offset in parts))

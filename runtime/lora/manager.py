@@ -4,7 +4,8 @@ every token of the batch (-1: the base model).
 
 Each base projection that adapters may touch carries a `LoRALayerState` with its stacked slot
 weights (`lora_a: [max_loras, max_rank, in]`, `lora_b: [max_loras, out, max_rank]`, zero
-padded); after the base matmul the layer adds `apply_lora` for the tokens that have a slot.
+padded); after the base matmul the layer adds its adapters (`apply_parts`, every part at once)
+for the tokens that have a slot.
 Merged projections (qkv, gate_up) hold one entry per part, at its column offset.
 """
 from __future__ import annotations
@@ -40,20 +41,14 @@ class LoRALayerState:
     manager: LoRAManager
     layer: int
     parts: list[_Part] = field(default_factory=list)
+    # (lora_a, lora_b, column_offset) of each part, as the kernels take them
+    targets: list[tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=list)
 
     def apply(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """x: [num_tokens, in]; out: [num_tokens, out_total], updated in place."""
         token_slots = self.manager.token_slots
-        if token_slots is None:
-            return
-        if self.manager.kernels == "cpu":  # every part in one call of the C kernels
-            from infernetes.kernels.cpu.lora import apply_lora_parts
-            apply_lora_parts(x, out, [(part.lora_a, part.lora_b, part.column_offset)
-                                      for part in self.parts], token_slots)
-            return
-        apply_lora = self.manager.apply_lora
-        for part in self.parts:
-            apply_lora(x, out, part.lora_a, part.lora_b, token_slots, part.column_offset)
+        if token_slots is not None:
+            self.manager.apply_parts(x, out, self.targets, token_slots)
 
 
 class LoRAManager:
@@ -65,12 +60,16 @@ class LoRAManager:
         # (no host sync, so a decode step with adapters can be captured in a CUDA graph), the
         # C kernels' on "cpu" (all parts of a projection in one call; the fused decode layers
         # read the slots themselves), torch's otherwise. Same semantics.
-        self.kernels = kernels
         if kernels == "triton":
             from infernetes.kernels.triton.lora import apply_lora
         else:
             from infernetes.kernels.lora import apply_lora
-        self.apply_lora = apply_lora
+        self.apply_lora = apply_lora  # one part (q, k, ...) at a time
+        if kernels == "cpu":
+            from infernetes.kernels.cpu.lora import apply_lora_parts
+            self.apply_parts = apply_lora_parts
+        else:
+            self.apply_parts = self._apply_each_part
         self.max_cpu_loras = max(max_cpu_loras, max_loras)
         self.slots = LoRASlots(max_loras)
         self.cpu: OrderedDict[int, LoRAAdapter] = OrderedDict()  # lora_int_id -> adapter, LRU
@@ -89,6 +88,12 @@ class LoRAManager:
                                  ("down_proj", layer.mlp.down_proj)):
                 module.lora = self._layer_state(index, name, max_loras)
 
+    def _apply_each_part(self, x: torch.Tensor, out: torch.Tensor,
+                         targets: list[tuple[torch.Tensor, torch.Tensor, int]],
+                         token_slots: torch.Tensor) -> None:
+        for lora_a, lora_b, column_offset in targets:
+            self.apply_lora(x, out, lora_a, lora_b, token_slots, column_offset)
+
     def _layer_state(self, layer: int, name: str, max_loras: int) -> LoRALayerState:
         state = LoRALayerState(self, layer)
         offset = 0
@@ -100,6 +105,7 @@ class LoRAManager:
                          torch.zeros(max_loras, out_features, self.max_rank, dtype=self.dtype,
                                      device=self.device))
             state.parts.append(part)
+            state.targets.append((part.lora_a, part.lora_b, offset))
             self.states[(layer, projection)] = part
             offset += out_features
         return state

@@ -89,12 +89,12 @@ def test_token_slots_outside_the_layers_slots_are_refused(tiny_models, adapter_f
         return decode_batch(one, one, one.view(1, 1), one + 1, model.rotary.cos_sin,
                             torch.tensor(slots, dtype=dtype))
 
-    with pytest.raises(ValueError, match=r"token_slots: values must lie in \[-1, 2\)"):
+    with pytest.raises(ValueError, match=r"token_slots: values must lie in \[-1, num_slots=2\)"):
         decoder_layers(stack, batch([2]), hidden, None)
     with pytest.raises(ValueError, match=r"token_slots: values must lie"):
         decoder_layers(stack, batch([-2]), hidden, None)
     with pytest.raises(ValueError, match="token_slots: expected a contiguous int32"):
         batch([0], torch.int64)
     plain = make_runner(tiny_models["llama"], torch.float32, "cpu").model.model.decoder_stack()
-    with pytest.raises(ValueError, match=r"values must lie in \[-1, 0\)"):
+    with pytest.raises(ValueError, match=r"values must lie in \[-1, num_slots=0\)"):
         decoder_layers(plain, batch([0]), hidden, None)  # no adapters: no slot at all
