@@ -15,10 +15,11 @@ compiled for this GPU agree with the reference). FLOPs and compulsory bytes of t
 are counted by `lora_flops` and `lora_bytes`.
 
 Run on a CUDA machine from the repository root (with infernetes importable):
-    python benchmarks/gpu/bench_lora.py > lora.json
+    python benchmarks/gpu/bench_lora.py [--device cuda:0] > lora.json
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -208,6 +209,21 @@ def run(device: str | torch.device = "cuda", layers: tuple[LoRALayer, ...] = LLA
     }
 
 
-if __name__ == "__main__":
-    json.dump(run(sys.argv[1] if len(sys.argv) > 1 else "cuda"), sys.stdout, indent=2)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="a CUDA device (default: cuda)")
+    args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        parser.error(f"--device: the Triton kernels are timed on a CUDA device, got "
+                     f"{args.device!r}" + ("" if torch.cuda.is_available() else
+                                           " (and this machine has none)"))
+    json.dump(run(device), sys.stdout, indent=2)
     print()
+
+
+if __name__ == "__main__":
+    main()

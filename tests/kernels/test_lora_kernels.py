@@ -345,3 +345,11 @@ def test_benchmark_cases_run_every_implementation():
 def test_benchmark_needs_cuda():
     with pytest.raises(ValueError, match="^device:"):
         bench.run("cpu")
+
+
+@pytest.mark.parametrize("device", ["cpu", "nonsense"])
+def test_benchmark_cli_names_the_device_flag(device, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", device])
+    assert exit_info.value.code == 2
+    assert "error: --device:" in capsys.readouterr().err
