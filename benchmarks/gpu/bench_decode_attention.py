@@ -13,7 +13,6 @@ or through benchmarks/gpu/run_all.py, which calls `run(device)`.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 
@@ -131,4 +130,5 @@ def run(device: torch.device | str = "cuda") -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run("cuda"), indent=2))
+    from infernetes.benchmarks.gpu.common import cuda_bench_main
+    cuda_bench_main(run, __doc__)

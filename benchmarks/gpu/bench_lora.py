@@ -19,9 +19,6 @@ Run on a CUDA machine from the repository root (with infernetes importable):
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -209,21 +206,6 @@ def run(device: str | torch.device = "cuda", layers: tuple[LoRALayer, ...] = LLA
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda", help="a CUDA device (default: cuda)")
-    args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"--device: {error}")
-    if device.type != "cuda" or not torch.cuda.is_available():
-        parser.error(f"--device: the Triton kernels are timed on a CUDA device, got "
-                     f"{args.device!r}" + ("" if torch.cuda.is_available() else
-                                           " (and this machine has none)"))
-    json.dump(run(device), sys.stdout, indent=2)
-    print()
-
-
 if __name__ == "__main__":
-    main()
+    from infernetes.benchmarks.gpu.common import cuda_bench_main
+    cuda_bench_main(run, __doc__)

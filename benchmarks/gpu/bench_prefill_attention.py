@@ -13,9 +13,7 @@ or through benchmarks/gpu/run_all.py, which calls `run(device)`.
 """
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 import time
 
 import torch
@@ -153,6 +151,5 @@ def run(device: str | torch.device = "cuda") -> dict:
 
 
 if __name__ == "__main__":
-    if not torch.cuda.is_available():
-        sys.exit("bench_prefill_attention: needs a CUDA device")
-    print(json.dumps(run("cuda"), indent=2))
+    from infernetes.benchmarks.gpu.common import cuda_bench_main
+    cuda_bench_main(run, __doc__)

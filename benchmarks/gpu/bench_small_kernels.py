@@ -15,9 +15,7 @@ Run on a CUDA machine from the repository root (well under a minute on an H100):
 """
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -206,5 +204,5 @@ def run(device: str | torch.device = "cuda", shape: ModelShape = LLAMA_8B,
 
 
 if __name__ == "__main__":
-    json.dump(run(sys.argv[1] if len(sys.argv) > 1 else "cuda"), sys.stdout, indent=2)
-    print()
+    from infernetes.benchmarks.gpu.common import cuda_bench_main
+    cuda_bench_main(run, __doc__)

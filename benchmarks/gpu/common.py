@@ -41,6 +41,28 @@ def log(message: str, tag: str = "gpu-bench") -> None:
           flush=True)
 
 
+def cuda_bench_main(run: Callable[[Any], dict], doc: str | None,
+                    argv: list[str] | None = None) -> None:
+    """The command line of a kernel benchmark run alone (run_all.py calls `run` itself):
+    `--device` (default cuda), the report as JSON on stdout. A device that is not CUDA, or a
+    machine without one, is a usage error naming the flag (exit 2), not a traceback."""
+    import argparse
+
+    import torch
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="a CUDA device (default: cuda)")
+    args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        parser.error(f"--device: the kernels are timed on a CUDA device, got {args.device!r}"
+                     + ("" if torch.cuda.is_available() else " (and this machine has none)"))
+    json.dump(run(device), sys.stdout, indent=2)
+    print()
+
+
 # -- where it ran --------------------------------------------------------------------------
 
 def device_slug(device_name: str) -> str:

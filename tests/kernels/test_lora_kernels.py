@@ -10,6 +10,7 @@ import torch
 
 from kernel_testing import DEVICE, assert_close, poisoned
 from infernetes.benchmarks.gpu import bench_lora as bench
+from infernetes.benchmarks.gpu.common import cuda_bench_main
 from infernetes.kernels import lora as torch_lora
 from infernetes.kernels.triton import lora as triton_lora
 
@@ -349,7 +350,8 @@ def test_benchmark_needs_cuda():
 
 @pytest.mark.parametrize("device", ["cpu", "nonsense"])
 def test_benchmark_cli_names_the_device_flag(device, capsys):
+    """The kernel benchmarks' shared command line (benchmarks/gpu/common.py)."""
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--device", device])
+        cuda_bench_main(bench.run, bench.__doc__, ["--device", device])
     assert exit_info.value.code == 2
     assert "error: --device:" in capsys.readouterr().err
