@@ -52,7 +52,7 @@ def _names(count: int) -> list[str | None]:
 
 @pytest.mark.parametrize("contexts", [[30], CONTEXTS, MANY_CONTEXTS, CHUNKED_CONTEXTS],
                          ids=["one", "rows", "many", "chunks"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_fused_layers_add_each_tokens_adapter(tiny_models, adapter_folders, dtype, contexts):
     folder = tiny_models["llama"]
     names = _names(len(contexts))
@@ -64,7 +64,7 @@ def test_fused_layers_add_each_tokens_adapter(tiny_models, adapter_folders, dtyp
                               adapters)
     scale = torch_ops.abs().max().item()
     # Half precision: two layers of roundings in another order, a few ulps apart.
-    tolerance = dict(atol=0.03 * scale, rtol=0.03) if dtype == torch.bfloat16 else \
+    tolerance = dict(atol=0.03 * scale, rtol=0.03) if dtype != torch.float32 else \
         dict(atol=1e-4 * scale, rtol=1e-4)
     torch.testing.assert_close(fused, torch_ops, **tolerance)
     torch.testing.assert_close(fused, one_op_at_a_time, **tolerance)
