@@ -238,26 +238,20 @@ int ifn_decoder_layers(const struct ifn_decoder_layer *layers, int64_t num_layer
     struct ifn_lora_batch lora = {0};
     void *lora_memory = NULL;
     if (batch->token_slots != NULL && num_layers > 0 && layers[0].lora_rank > 0) {
+        int64_t widest = 1;
         for (int64_t i = 0; i < num_layers; i++) {
             const struct ifn_decoder_layer *l = &layers[i];
-            int64_t widest = l->hidden > l->intermediate ? l->hidden : l->intermediate;
+            widest = l->hidden > widest ? l->hidden : widest;
+            widest = l->intermediate > widest ? l->intermediate : widest;
             widest = l->num_heads * l->head_dim > widest ? l->num_heads * l->head_dim : widest;
-            lora.scratch_floats = widest > lora.scratch_floats ? widest : lora.scratch_floats;
         }
-        lora.scratch_floats *= m < IFN_LORA_CHUNK ? m : IFN_LORA_CHUNK; /* rows of a chunk */
-        lora_memory = malloc((size_t)(3 * m + 1) * sizeof(int64_t) +
-                             (size_t)num_threads * (size_t)lora.scratch_floats * sizeof(float));
+        float *unused;
+        lora_memory = ifn_lora_prepare(&lora, batch->token_slots, m, layers[0].lora_rank, widest,
+                                       num_threads, 0, &unused);
         if (lora_memory == NULL) {
             free(rows);
             return -1;
         }
-        lora.order = lora_memory;
-        lora.first = lora.order + m;
-        lora.slot = (int32_t *)(lora.first + m + 1);
-        lora.scratch = (float *)(lora.first + 2 * m + 1);
-        lora.rank = layers[0].lora_rank;
-        lora.num_chunks = ifn_lora_plan(batch->token_slots, m, lora.order, lora.first,
-                                        lora.slot, &lora.num_tokens);
     }
     const struct ifn_lora_batch *adapters = lora.num_chunks > 0 ? &lora : NULL;
 

@@ -48,7 +48,7 @@ struct ifn_lora_target {
     int64_t in, out, column_offset;
 };
 
-/* One decode batch's tokens with an adapter, grouped by slot (ifn_lora_plan): order[first[c]
+/* One batch's tokens with an adapter, grouped by slot (ifn_lora_prepare): order[first[c]
  * .. first[c + 1]) are the tokens of chunk c, at most IFN_LORA_CHUNK of one slot, slot[c]. */
 #define IFN_LORA_CHUNK 48
 struct ifn_lora_batch {
@@ -59,10 +59,13 @@ struct ifn_lora_batch {
     int64_t scratch_floats;
 };
 
-/* Fills order, first and slot ([m], [m + 1], [m]) from token_slots ([m], -1: the base model);
- * tokens keep their order within a slot. Returns the number of chunks. */
-int64_t ifn_lora_plan(const int32_t *token_slots, int64_t m, int64_t *order, int64_t *first,
-                      int32_t *slot, int64_t *num_tokens);
+/* Plans `batch` from token_slots ([m], -1: the base model; tokens keep their order within a
+ * slot) in one allocation that also holds extra_floats floats (*extra) and num_threads
+ * scratch areas of a chunk's rows of `widest` features. Returns the allocation, to free(), or
+ * NULL when out of memory. */
+void *ifn_lora_prepare(struct ifn_lora_batch *batch, const int32_t *token_slots, int64_t m,
+                       int64_t rank, int64_t widest, int num_threads, size_t extra_floats,
+                       float **extra);
 
 /* y[p, i] = x[order[i]] @ a_p[slot].T (fp32, not rounded; y: [num_parts, num_tokens, rank])
  * for every planned token i; shared by the threads of the enclosing parallel region (ends

@@ -4,7 +4,7 @@
  *   out[t, offset_p + j] += round((y @ b_p[s].T)[j])   (the sum rounded to the model's dtype)
  * Tokens of slot -1 are left as they were.
  *
- * The tokens are grouped by slot once per step (ifn_lora_plan), so that each product covers
+ * The tokens are grouped by slot once per step (ifn_lora_prepare), so that each product covers
  * a chunk of tokens sharing one adapter. The expand always goes through the packed GEMM
  * (gemm.c): an adapter's matrices are small and stay in cache, so packing them costs little,
  * while the row kernel pays a horizontal sum per output column for a dot of only `rank`
@@ -27,8 +27,10 @@ static const void *slot_matrix(const void *stacked, int64_t slot, int64_t rows, 
     return (const char *)stacked + (size_t)(slot * rows * cols) * ifn_elem_size(dtype);
 }
 
-int64_t ifn_lora_plan(const int32_t *token_slots, int64_t m, int64_t *order, int64_t *first,
-                      int32_t *slot, int64_t *num_tokens) {
+/* Fills order, first and slot ([m], [m + 1], [m]) from token_slots ([m], -1: the base model);
+ * tokens keep their order within a slot. Returns the number of chunks. */
+static int64_t plan(const int32_t *token_slots, int64_t m, int64_t *order, int64_t *first,
+                    int32_t *slot, int64_t *num_tokens) {
     int32_t highest = -1;
     for (int64_t t = 0; t < m; t++) highest = token_slots[t] > highest ? token_slots[t] : highest;
     int64_t n = 0, chunks = 0;
@@ -48,6 +50,25 @@ int64_t ifn_lora_plan(const int32_t *token_slots, int64_t m, int64_t *order, int
     first[chunks] = n;
     *num_tokens = n;
     return chunks;
+}
+
+void *ifn_lora_prepare(struct ifn_lora_batch *batch, const int32_t *token_slots, int64_t m,
+                       int64_t rank, int64_t widest, int num_threads, size_t extra_floats,
+                       float **extra) {
+    const int64_t chunk_rows = m < IFN_LORA_CHUNK ? m : IFN_LORA_CHUNK;
+    *batch = (struct ifn_lora_batch){.rank = rank, .scratch_floats = chunk_rows * widest};
+    void *memory = malloc((size_t)(3 * m + 1) * sizeof(int64_t) +
+                          (extra_floats + (size_t)num_threads * (size_t)batch->scratch_floats) *
+                              sizeof(float));
+    if (memory == NULL) return NULL;
+    batch->order = memory;
+    batch->first = batch->order + m;
+    batch->slot = (int32_t *)(batch->first + m + 1); /* m int32 in the room of m int64 */
+    *extra = (float *)(batch->first + 2 * m + 1);
+    batch->scratch = *extra + extra_floats;
+    batch->num_chunks = plan(token_slots, m, batch->order, batch->first, batch->slot,
+                             &batch->num_tokens);
+    return memory;
 }
 
 void ifn_lora_shrink(const struct ifn_lora_target *parts, int num_parts, const void *x,
@@ -129,19 +150,11 @@ int ifn_lora_apply(const void *x, int64_t x_stride, void *out, int64_t out_strid
         hi = parts[p].column_offset + parts[p].out > hi ? parts[p].column_offset + parts[p].out
                                                         : hi;
     }
-    struct ifn_lora_batch batch = {
-        .rank = rank, .scratch_floats = (m < IFN_LORA_CHUNK ? m : IFN_LORA_CHUNK) * widest};
-    void *memory = malloc((size_t)(3 * m + 1) * sizeof(int64_t) +
-                          (size_t)(num_parts * m * rank) * sizeof(float) +
-                          (size_t)num_threads * (size_t)batch.scratch_floats * sizeof(float));
+    struct ifn_lora_batch batch;
+    float *y; /* [num_parts, planned tokens, rank] */
+    void *memory = ifn_lora_prepare(&batch, token_slots, m, rank, widest, num_threads,
+                                    (size_t)(num_parts * m * rank), &y);
     if (memory == NULL) return -1;
-    batch.order = memory;
-    batch.first = batch.order + m;
-    batch.slot = (int32_t *)(batch.first + m + 1);
-    float *y = (float *)(batch.first + 2 * m + 1);
-    batch.scratch = y + num_parts * m * rank;
-    batch.num_chunks = ifn_lora_plan(token_slots, m, batch.order, batch.first, batch.slot,
-                                     &batch.num_tokens);
     if (batch.num_chunks > 0) {
 #pragma omp parallel num_threads(num_threads)
         {
